@@ -13,7 +13,7 @@ from ntk_ngd.sweep import run_sweep
 
 
 def points(args):
-    base = base_config(args, 256, args.steps)
+    base = base_config(args, 256, args.steps).replace(activation=args.activation)
     pts = ex.sweep_points(base, method=args.methods, width=args.widths, seed=args.seeds)
     if args.unit_wise_damping:  # unit-wise also at a small damping rho << 1/M (at rho = 0 its steps blow up)
         pts += ex.sweep_points(base.replace(method="unit_wise", damping=args.unit_wise_damping,
@@ -27,6 +27,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None, choices=ex.METHOD_NAMES)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--activation", default="relu", choices=("relu", "erf", "tanh", "linear"),
+                   help="phi of the hidden layers (erf/tanh: smooth, see README 'width exponents')")
     p.add_argument("--unit-wise-damping", type=float, default=None, help="rho x M of an extra unit-wise series")
     args = p.parse_args(argv)
     q = args.quick

@@ -234,11 +234,13 @@ def run_comparison(cfg: RunConfig) -> Comparison:
     import jax.numpy as jnp
     from .dynamics import analytic_source, empirical_source, isotropy_constant, kernel_drift
     from .layers import empirical_layerwise_ntk, layer_kernels
+    from .memory import check_fits
     from .train import train
 
     t0 = time.perf_counter()
     data = load_data(cfg)
     model = build_model(cfg, data)
+    check_fits(cfg.method, model.widths, data.x_train.shape[0], data.x_test.shape[0], cfg.dtype)
     opts = method_options(cfg)
     rho = cfg.rho
     params = model.init(jax.random.PRNGKey(cfg.seed))

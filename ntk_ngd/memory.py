@@ -236,6 +236,46 @@ def analytic_estimate(N1: int, N2: int, L: int, dtype="float64", tile: int = 512
     return _estimate(t, s)
 
 
+def available_bytes(device=None) -> int | None:
+    """Memory a new computation can use: the device allocator's limit minus what is in use (GPU),
+    else the host's MemAvailable (/proc/meminfo); None where neither is known."""
+    if device is not None and getattr(device, "platform", "cpu") != "cpu":
+        st = device.memory_stats() or {}
+        if "bytes_limit" in st:
+            return int(st["bytes_limit"] - st.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(method: str, widths, N: int, n_test: int = 0, dtype="float64", fraction: float = 0.8,
+               device=None) -> Estimate:
+    """Refuse, before anything is allocated, a training run + comparison that cannot fit.
+
+    Needs the structured step (``step_estimate``) plus the comparison's extras: the (L, N + n_test, N)
+    layer kernels of the empirical and analytic sources and the Theta_G's. Raises ``MemoryError``
+    naming the estimate and the memory available when the total exceeds ``fraction`` of it (on a
+    CPU the kernel's OOM killer would end the whole sweep, not just this point); returns the estimate.
+    """
+    w = tuple(int(v) for v in widths)
+    L, C = len(w) - 1, w[-1]
+    est = step_estimate(method, N, C, w[1], L, w[0], dtype, widths=w)
+    extra = _estimate({"kernel sources": 2 * L * (N + n_test) * N * (1 + C * C),
+                       "Theta_G": 4 * (N * C) * ((N + n_test) * C)}, dtype_bytes(dtype))
+    total = Estimate(est.total + extra.total, {**est.terms, **extra.terms})
+    avail = available_bytes(device)
+    if avail is not None and total.total > fraction * avail:
+        raise MemoryError(f"{method} with widths {w}, N = {N}: needs about {fmt_bytes(total.total)} "
+                          f"(ntk_ngd.memory.check_fits: {total}), more than {fraction:.0%} of the "
+                          f"{fmt_bytes(avail)} available; use a smaller width or N")
+    return total
+
+
 def choose_chunk(kind: str, budget_bytes: float, *, N: int | None = None, C: int = 1, n_units: int | None = None,
                  n_test: int = 0, M_in: int | None = None, L: int | None = None, dtype="float64",
                  closed_form: bool = True, quad_order: int = 64, devices: int = 1,
@@ -291,4 +331,4 @@ def choose_chunk(kind: str, budget_bytes: float, *, N: int | None = None, C: int
 
 __all__ = ["METHODS", "Estimate", "dtype_bytes", "widths_of", "n_params", "max_block", "fmt_bytes",
            "activation_count", "unit_chunk_count", "step_estimate", "baseline_estimate", "gram_build_estimate",
-           "analytic_pair_words", "analytic_estimate", "choose_chunk"]
+           "analytic_pair_words", "analytic_estimate", "available_bytes", "check_fits", "choose_chunk"]

@@ -123,6 +123,22 @@ def test_sweep_point_records_an_invalid_width_as_an_error(tmp_path):
     assert recs[16]["meta"]["dtype"] == "float64" and "jax_version" in recs[16]["meta"]
 
 
+def test_sweep_point_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    """A width whose parameters alone exceed the machine's memory (2^21: 3 x 2^42 entries) is recorded
+    as a MemoryError naming the estimate, instead of the OOM killer ending the sweep."""
+    from ntk_ngd.memory import available_bytes, check_fits
+    from ntk_ngd.sweep import run_sweep
+    pts = ex.sweep_points(ex.RunConfig(method="exact", analytic=False, **TINY), width=[16, 2 ** 21])
+    summary = run_sweep(ex.sweep_point, pts, tmp_path, progress=False)
+    assert summary.ran == 2 and summary.failed == 1
+    recs = {r["config"]["width"]: r for r in ResultsStore(tmp_path).records()}
+    assert recs[16]["status"] == "ok" and "MemoryError" in recs[2 ** 21]["error"]
+    assert "needs about" in recs[2 ** 21]["error"] and "available" in recs[2 ** 21]["error"]
+    # the estimate counts at least the parameters, the update and the direction: 3 P words
+    est = check_fits("gd", (8, 16, 16, 1), 6, 4)
+    assert est.total >= 3 * 8 * (16 * 9 + 16 * 17 + 17) and available_bytes() > 0
+
+
 # ----------------------------------------------------------------------------- figure scripts
 def _script(name, argv, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "experiments"))
