@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,8 +157,16 @@ def cmd_sweep(a) -> int:
     base = run_config(a, method=a.method[0], width=a.width[0], damping=a.damping[0], seed=a.seed[0])
     points = ex.sweep_points(base, method=a.method, width=a.width, damping=a.damping, seed=a.seed)
     _log(f"sweep of {len(points)} grid points into {a.store} (backend {a.backend})")
-    summary = run_sweep(ex.sweep_point, points, a.store, backend=a.backend, progress=not a.no_progress,
-                        retry_errors=a.retry_errors)
+    client = None
+    if a.backend == "dask" and a.scheduler:  # an existing cluster (several machines) instead of a LocalCluster
+        from dask.distributed import Client
+        client = Client(a.scheduler)
+    try:
+        summary = run_sweep(ex.sweep_point, points, a.store, backend=a.backend, progress=not a.no_progress,
+                            retry_errors=a.retry_errors, client=client)
+    finally:
+        if client is not None:
+            client.close()
     print(f"sweep: ran={summary.ran} skipped={summary.skipped} failed={summary.failed}")
     if a.report:
         report_store(a.store, a.report, name=a.name)
@@ -265,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(s, sweep=True)
     s.add_argument("--store", required=True, help="results store directory (records.jsonl)")
     s.add_argument("--backend", choices=("local", "dask"), default="local",
-                   help="local: in this process; dask: a LocalCluster of worker processes")
+                   help="local: in this process; dask: a LocalCluster of worker processes, or the cluster "
+                        "of --scheduler")
+    s.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"), metavar="ADDRESS",
+                   help="with --backend dask: address of a running Dask scheduler (tcp://host:8786); the store "
+                        "must be on a file system every worker sees (default: $DASK_SCHEDULER_ADDRESS)")
     s.add_argument("--retry-errors", action="store_true", help="rerun grid points stored as errors")
     s.add_argument("--no-progress", action="store_true", help="do not print the progress line")
     s.add_argument("--report", default=None, metavar="DIR", help="write figures + markdown for the store to DIR")

@@ -107,6 +107,23 @@ def test_sweep_resumes_after_kill(tmp_path):
     assert all(r["status"] == "ok" for r in rs.records())
 
 
+def test_sweep_on_a_running_dask_cluster(tmp_path, capsys):
+    """`sweep --backend dask --scheduler ADDRESS`: the points run in the worker processes of an existing
+    (here local, 2-process) cluster and land in the store once each."""
+    dd = pytest.importorskip("dask.distributed", reason="dask[distributed] not installed")
+    store = tmp_path / "store"
+    with dd.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        argv = ["sweep", *TINY, "--method", "exact", "gd", "--width", "8", "16", "--seed", "0",
+                "--no-analytic", "--store", str(store), "--backend", "dask", "--scheduler",
+                cluster.scheduler_address, "--no-progress"]
+        assert cli.main(argv) == 0
+    assert "ran=4 skipped=0 failed=0" in capsys.readouterr().out
+    recs = ResultsStore(store).records()
+    assert sorted((r["config"]["method"], r["config"]["width"]) for r in recs) == [
+        ("exact", 8), ("exact", 16), ("gd", 8), ("gd", 16)]
+    assert all(r["status"] == "ok" and r["result"]["alpha"] in (1.0, None) for r in recs)
+
+
 def test_reproduce_tiny(tmp_path, capsys):
     out, store = tmp_path / "figs", tmp_path / "store"
     argv = ["reproduce", "--quick", "--width", "24", "--n-train", "8", "--n-test", "8", "--steps", "2",
