@@ -692,14 +692,19 @@ def claim_test_differ(tp: dict, labels: Sequence[str], tol: float = 0.5) -> Clai
 
 
 def claim_exponent(ws: dict, method: str, metric: str = "err_emp_max", target: float = -0.5,
-                   tol: float = 0.15) -> Claim:
-    """The width exponent of ``metric`` for ``method`` is within ``tol`` of ``target``."""
+                   tol: float = 0.15, bound: bool = False) -> Claim:
+    """The width exponent of ``metric`` for ``method`` is within ``tol`` of ``target`` or, with
+    ``bound``, at most ``target + tol`` (an O(M^target) upper bound: the error falls at least that fast)."""
     fit = None
     for g in ws["groups"]:
         if g["method"] == method and metric in g["metrics"]:
             fit = g["metrics"][metric]["fit"]
     m = {"exponent": None if fit is None else fit["exponent"], "ci": None if fit is None else fit["ci"],
          "widths": None if fit is None else f"{fit['widths'][0]}..{fit['widths'][-1]}"}
+    if bound:
+        ok = fit is not None and fit["exponent"] <= target + tol
+        return Claim(f"width_bound_{method}_{metric}", f"{method}: {metric} falls at least like M^({target})",
+                     f"fitted exponent <= {target} + {tol}", m, bool(ok))
     ok = fit is not None and abs(fit["exponent"] - target) <= tol
     return Claim(f"width_exponent_{method}_{metric}", f"{method}: {metric} falls like M^({target})",
                  f"|fitted exponent - ({target})| <= {tol}", m, bool(ok))
@@ -861,8 +866,8 @@ def sweep_grid(rc: ReproduceConfig, kind: str) -> list[dict]:
 
 
 def sweep_claims(rc: ReproduceConfig, kind: str, rows: Sequence[dict]) -> list:
-    """Claims of the reproduction's sweeps from their stored rows: exact NGD's width exponents of
-    the train trajectory error (linearization) and of the analytic predictor's test error (only
+    """Claims of the reproduction's sweeps from their stored rows: exact NGD's width exponent of the
+    analytic predictor's test error (-1/2) and the bound on its train (linearization) error (only
     with >= 4 widths: fewer cannot resolve them), and unit-wise NGD's damping trade-off (its
     bounds carry inverse powers of rho; the other methods' curves are reported, not claimed)."""
     r = rc.resolved()
@@ -871,6 +876,10 @@ def sweep_claims(rc: ReproduceConfig, kind: str, rows: Sequence[dict]) -> list:
         if "exact" not in r.sweep_methods or len(r.sweep_widths) < 4:
             return []
         ws = width_summary(ok, ["err_emp_max", "err_an_test_max"])
-        return [claim_exponent(ws, "exact", m) for m in ("err_emp_max", "err_an_test_max")]
+        # against the analytic kernels the finite-width kernel error is Theta(M^-1/2) (central limit
+        # theorem over units); the linearization error alone is only bounded by O(M^-1/2): it falls
+        # like 1/M for smooth activations and between the two for relu (experiments/README.md)
+        return [claim_exponent(ws, "exact", "err_an_test_max"),
+                claim_exponent(ws, "exact", "err_emp_max", bound=True)]
     ds = damping_summary(ok, "err_ideal_max")
     return [claim_damping_tradeoff(ds, m) for m in r.damping_methods if m == "unit_wise"]

@@ -50,6 +50,20 @@ def test_fit_power_law_drops_missing_and_needs_two_widths():
     assert f["exponent"] == pytest.approx(-0.5) and f["n_dropped"] == 2
 
 
+def test_claim_exponent_two_sided_and_bound():
+    """Rows with e = M^b exactly: the pooled fit recovers b, and the claims compare it with -1/2."""
+    def summary(b):
+        rows = [{"method": "exact", "damping": 0.0, "damping_scale": "absolute", "width": w, "seed": s,
+                 "err_emp_max": (1 + 0.1 * s) * w ** b} for w in (256, 512, 1024, 2048) for s in (0, 1, 2)]
+        return ex.width_summary(rows, ["err_emp_max"])
+    for b, near, bounded in ((-0.5, True, True), (-0.66, False, True), (-1.0, False, True), (-0.3, False, False)):
+        ws = summary(b)
+        c = ex.claim_exponent(ws, "exact")
+        assert c.passed == near and c.measured["exponent"] == pytest.approx(b, abs=1e-10)
+        assert ex.claim_exponent(ws, "exact", bound=True).passed == bounded
+    assert not ex.claim_exponent(summary(-0.5), "kfac").passed  # no fit for that method
+
+
 def test_damping_summary_matrix_and_interior_optimum():
     err = {0.0: 5.0, 1e-6: 0.1, 1e-2: 0.9}
     rows = [{"method": "unit_wise", "width": w, "damping": d, "seed": s, "err_emp_max": e * (256 / w) + 0.01 * s}
