@@ -754,24 +754,19 @@ def markdown(path):
         for r in res["steps"]:
             s_, b_ = r["structured"], r["baseline"]
             comp = f"{s_['compile_s']:.2f}" if s_.get("status") == "ok" else "-"
-            print(f"| {r['N']} | {r['M']} | {r['method']} | {comp} | {cell(s_)} | {cell(b_)} | "
-                  f"{r['speedup']:.{0 if r['speedup'] >= 10 else 1}f}x |" if "speedup" in r else
-                  f"| {r['N']} | {r['M']} | {r['method']} | {comp} | {cell(s_)} | {cell(b_)} | - |", end="")
-            print(f" {ms(s_['estimate_bytes'])} / {ms(s_.get('xla_bytes'))} / {ms(s_.get('measured_peak_bytes'))} |"
-                  f" {ms(b_['estimate_bytes'])} / {ms(b_.get('xla_bytes'))} / {ms(b_.get('measured_peak_bytes'))} |"
-                  f" {r['rel_error']:.1e} |" if "rel_error" in r else
-                  f" {ms(s_['estimate_bytes'])} / {ms(s_.get('xla_bytes'))} / {ms(s_.get('measured_peak_bytes'))} |"
-                  f" {ms(b_['estimate_bytes'])} / {ms(b_.get('xla_bytes'))} / {ms(b_.get('measured_peak_bytes'))} | - |")
+            ratio = f"{r['speedup']:.{0 if r['speedup'] >= 10 else 1}f}x" if "speedup" in r else "-"
+            mem = lambda x: f"{ms(x['estimate_bytes'])} / {ms(x.get('xla_bytes'))} / {ms(x.get('measured_peak_bytes'))}"
+            err = f"{r['rel_error']:.1e}" if "rel_error" in r else "-"
+            print(f"| {r['N']} | {r['M']} | {r['method']} | {comp} | {cell(s_)} | {cell(b_)} | {ratio} | "
+                  f"{mem(s_)} | {mem(b_)} | {err} |")
     if res.get("kernels"):
         print("\n| N | M | Gram build path | devices | time s, median (min) | GFLOP/s | est. MiB | vs params path |")
         print("|---|---|---|---|---|---|---|---|")
         for r in res["kernels"]:
             gf = f"{r['gflops_per_s']:.1f}" + (f" ({100 * r['peak_fraction']:.0f}% of peak)" if "peak_fraction" in r else "")
+            err = f"{r['rel_error_vs_params']:.1e}" if "rel_error_vs_params" in r else "-"
             print(f"| {r['N']} | {r['M']} | {r['path']} | {r['devices']} | {cell(r)} | "
-                  f"{gf if r.get('status') == 'ok' else '-'} | {ms(r['estimate_bytes'])} | "
-                  f"{r['rel_error_vs_params']:.1e} |" if "rel_error_vs_params" in r else
-                  f"| {r['N']} | {r['M']} | {r['path']} | {r['devices']} | {cell(r)} | "
-                  f"{gf if r.get('status') == 'ok' else '-'} | {ms(r['estimate_bytes'])} | - |")
+                  f"{gf if r.get('status') == 'ok' else '-'} | {ms(r['estimate_bytes'])} | {err} |")
     if res.get("analytic"):
         print("\n| N | L | implementation | devices | time s (first call incl. compile) | est. MiB |")
         print("|---|---|---|---|---|---|")
