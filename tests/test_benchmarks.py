@@ -76,6 +76,20 @@ def test_quick_json_fields_and_agreement(quick):
     assert res["analytic"][-1]["rel_error_vs_analytic"] < 1e-12
 
 
+def test_quick_float32_as_the_gpu_run(tmp_path):
+    """The GPU command's float32 run, on CPU with tiny sizes: every method's structured step agrees
+    with the float32 dense baseline to the float32 tolerance, and the run is recorded as float32."""
+    out = tmp_path / "f32.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--dtype", "float32", "--analytic-n", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["tolerance"] == 1e-3 and {s["dtype"] for s in res["steps"]} == {"float32"}
+    assert {s["method"] for s in res["steps"]} == set(METHODS)
+    assert all(s["rel_error"] < 1e-3 and s["agree"] for s in res["steps"])
+    assert res["checks"]["all_agree"] and res["analytic"] == []
+
+
 def test_gpu_flag_fails_clearly_without_gpu():
     r = subprocess.run([sys.executable, str(BENCH), "--quick", "--device", "gpu"], capture_output=True, text=True,
                        cwd=ROOT, env=_env(), timeout=300)
