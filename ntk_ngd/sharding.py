@@ -32,7 +32,6 @@ devices equal the single-device results to rounding (tests/test_benchmarks.py ru
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from .analytic import _default_workers
 from .layers import Factors, Grams, factors, grams
 
 AXIS = "data"
@@ -287,14 +287,6 @@ def _analytic_block(xr, xc, model, mesh, diag, quad_order, quad_rule):
     return _shard_map(local, mesh, (P(AXIS), P()), P(None, AXIS, None))(xr, xc)
 
 
-def _cpu_workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
-
-
 def analytic_layerwise_ntk(model, x1, x2=None, tile: int | None = None, mesh: Mesh | None = None,
                            quad_order: int | None = None, quad_rule: str | None = None,
                            workers: int | None = None) -> np.ndarray:
@@ -347,7 +339,7 @@ def analytic_layerwise_ntk(model, x1, x2=None, tile: int | None = None, mesh: Me
 
     jobs = [(i, j) for i in range(nbr) for j in range(i if sym else 0, nbc)]
     if workers is None:  # XLA:CPU runs one elementwise computation on one thread
-        workers = _cpu_workers() if mesh.devices.flat[0].platform == "cpu" and ndev == 1 else 1
+        workers = _default_workers() if mesh.devices.flat[0].platform == "cpu" and ndev == 1 else 1
     if workers <= 1 or len(jobs) == 1:
         for i, j in jobs:
             block(i, j)
