@@ -602,20 +602,21 @@ class Claim:
     passed: bool
 
     def line(self) -> str:
-        nums = ", ".join(f"{k}={_fmt(v)}" for k, v in self.measured.items())
+        nums = ", ".join(f"{k}={fmt_value(v)}" for k, v in self.measured.items())
         return f"[{'PASS' if self.passed else 'FAIL'}] {self.id}: {self.statement} ({self.tolerance}) -- {nums}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _fmt(v) -> str:
+def fmt_value(v, kv_sep: str = ": ") -> str:
+    """Compact text of a measured value: floats to 3 significant digits, lists and dicts recursively."""
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+        return "[" + ", ".join(fmt_value(x, kv_sep) for x in v) + "]"
     if isinstance(v, float):
         return f"{v:.3g}"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{k}{kv_sep}{fmt_value(x, kv_sep)}" for k, x in v.items()) + "}"
     return str(v)
 
 

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from .experiments import fmt_value  # noqa: E402
 from .store import ResultsStore, dumps  # noqa: E402
 
 FLOOR = 1e-16  # losses/errors are clipped here on log axes
@@ -347,18 +348,8 @@ def kfac_lr_table(kf: dict) -> str:
 
 def claims_table(claims) -> str:
     rows = [["PASS" if c.passed else "FAIL", c.id, c.statement, c.tolerance,
-             "; ".join(f"{k}: {_short(v)}" for k, v in c.measured.items())] for c in claims]
+             "; ".join(f"{k}: {fmt_value(v, ' ')}" for k, v in c.measured.items())] for c in claims]
     return md_table(["result", "claim", "statement", "tolerance", "measured"], rows)
-
-
-def _short(v):
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_short(x) for x in v) + "]"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} {_short(x)}" for k, x in v.items()) + "}"
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- stores
