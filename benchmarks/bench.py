@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Structured NGD steps against a naive dense-Jacobian baseline, kernel builds and analytic kernels.
 
-One run times, for every method (gd, exact, block_diagonal, block_tridiagonal, kfac, unit_wise,
-diagonal), widths M and sample counts N (L layers, M_0 inputs, synthetic unit-norm inputs):
+One run times, for every registered method (``ntk_ngd.curvature.method_names()``: the built-ins gd,
+exact, block_diagonal, block_tridiagonal, kfac, unit_wise, diagonal and any method a ``--plugin``
+module registers), widths M and sample counts N (L layers, M_0 inputs, synthetic unit-norm inputs):
 
 * the structured step: ``jax.jit`` of ``ntk_ngd.ngd.direction_fn(model, method, rho, n_train=N)``
   plus the parameter update (it returns the updated parameters and the direction);
-* the dense baseline: J (N C, P) by ``jax.vmap`` over samples of ``jax.jacrev`` of the flat parameter
-  vector, then the method in dense linear algebra (kernel J J^T or per-layer / per-unit kernels,
-  the K-FAC factors A, B and their eigendecompositions, diag(J^T J)), dense solves, same data and
-  weights; skipped with "does not fit" when its memory estimate exceeds the budget;
+* the dense baseline (benchmarks/baseline.py, keyed by the registry): J (N C, P) by ``jax.vmap``
+  over samples of ``jax.jacrev`` of the flat parameter vector, then the method in dense linear
+  algebra (kernel J J^T or per-layer / per-unit kernels, the K-FAC factors A, B and their
+  eigendecompositions, diag(J^T J)), dense solves, same data and weights; a method without its own
+  baseline uses its dense ``to_dense`` matrix (small problems only); skipped with "does not fit"
+  when its memory estimate (``baseline.estimate``) exceeds the budget;
 * compile time, median and minimum step time (after a warm-up call), peak memory three ways
   (the ``ntk_ngd.memory`` estimate, XLA's buffer assignment of the compiled step, and the measured
   resident-set growth on CPU / the device allocator's peak on GPU), the baseline/structured time
@@ -32,7 +35,6 @@ import sys
 import time
 import warnings
 
-METHODS = ("gd", "exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise", "diagonal")
 TOL = {"float64": 1e-10, "float32": 1e-3}
 # analytic flop count per pair and layer of the closed-form dual kernels (relu / erf: the
 # vectorized arctangent, square roots and the recursions, sqrt and divide counted as 1 flop)
@@ -52,14 +54,18 @@ TARGETS = [  # (name, section, selector, limit in seconds)
 
 
 # --- command line and environment (before numpy / jax are imported) ----------------------------
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def build_parser(methods=None, add_help=True):
+    """The command line; ``methods`` (the registered names) are the ``--methods`` choices."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=None,
                    help="hidden widths M (default 2^8..2^14, capped by --max-width)")
     p.add_argument("--max-width", type=int, default=None, help="drop widths above this")
     p.add_argument("--n", type=int, nargs="+", default=None, help="training-set sizes N (default 100 1000)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=None, choices=methods,
+                   help="registered methods (ntk_ngd.curvature.method_names(); default: all of them)")
+    p.add_argument("--plugin", action="append", default=[],
+                   help="module or .py file that registers methods (ntk_ngd.plugins; also $NTK_NGD_PLUGINS)")
     p.add_argument("--depth", "-L", type=int, default=3, help="L, weight layers")
     p.add_argument("--m0", type=int, default=784, help="M_0, input dimension")
     p.add_argument("--outputs", "-C", type=int, default=1, help="C, outputs")
@@ -116,7 +122,22 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes for CI (a few seconds of work)")
     p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--skip-kernels", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+def parse_env_args(argv=None):
+    """The options that ``configure_environment`` reads, parsed without importing numpy / jax."""
+    return build_parser(add_help=False).parse_known_args(argv)[0]
+
+
+def parse_args(argv=None, methods=None):
+    """The full command line. ``methods`` defaults to ``ntk_ngd.curvature.method_names()``, which
+    imports jax: call ``configure_environment(parse_env_args(argv))`` (and load plugins) first."""
+    if methods is None:
+        from ntk_ngd.curvature import method_names
+        methods = method_names()
+    a = build_parser(tuple(methods)).parse_args(argv)
+    a.methods = list(methods) if a.methods is None else a.methods
     if a.quick:
         a.widths = a.widths or [32]
         a.n = a.n or [8]
@@ -256,19 +277,12 @@ def gram_flops(N, C, w, grams=True):
 
 
 def step_flops(method, N, C, w, baseline=False):
-    L, nc = len(w) - 1, N * C
-    pl = [m * (k + 1) for k, m in zip(w[:-1], w[1:])]
-    P = sum(pl)
+    """Flops of one structured step, or of one baseline step (``baseline.flops``, per method)."""
     if baseline:
-        jac = nc * 4 * sum(k * m for k, m in zip(w[:-1], w[1:])) + 2 * N * P
-        common = jac + 4 * nc * P
-        extra = {"gd": 0, "diagonal": 2 * nc * P,
-                 "exact": 2 * nc * nc * P + nc ** 3, "block_diagonal": 2 * nc * nc * P + L * nc ** 3,
-                 "block_tridiagonal": 2 * nc * nc * P + (L * nc) ** 3,
-                 "kfac": jac + sum(2 * N * (k + 1) ** 2 + 2 * nc * m * m + 9 * ((k + 1) ** 3 + m ** 3)
-                                   + 4 * m * (k + 1) * (m + k + 1) for k, m in zip(w[:-1], w[1:])),
-                 "unit_wise": 2 * nc * nc * P + sum(m for m in w[1:]) * nc ** 3}[method]
-        return common + extra
+        import baseline as dense
+        return dense.flops(method, N, C, w)
+    L, nc = len(w) - 1, N * C
+    P = sum(m * (k + 1) for k, m in zip(w[:-1], w[1:]))
     base = gram_flops(N, C, w, grams=False) + 2 * nc * P
     g = gram_flops(N, C, w) - gram_flops(N, C, w, grams=False)
     svd = lambda a, b: 4 * min(a, b) ** 2 * max(a, b) + 8 * min(a, b) ** 3
@@ -276,7 +290,7 @@ def step_flops(method, N, C, w, baseline=False):
              "block_tridiagonal": g + (2 / 3) * (L * nc) ** 3,
              "kfac": sum(svd(nc, m) + svd(N, k + 1) for k, m in zip(w[:-1], w[1:])),
              "unit_wise": sum(2 * N * N * (k + 1) + m * (nc ** 3 / 3 + 5 * nc * nc) for k, m in zip(w[:-1], w[1:])),
-             "diagonal": 2 * nc * P + P}[method]
+             "diagonal": 2 * nc * P + P}.get(method, g)  # a method without a model: the Gram products
     return base + extra
 
 
@@ -295,122 +309,17 @@ def structured_step(model, method, rho, N, lr, options):
     return jax.jit(step)
 
 
-def baseline_step(model, method, rho, N, lr, kfac_mode="tikhonov"):
-    """Dense-Jacobian reference step on the flat vector of W~_l = [W_l, b_l] blocks (row-major)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from ntk_ngd.curvature.block_tridiagonal import tridiagonal_ones
-
-    w = model.widths
-    L, C = model.depth, model.n_outputs
-    shapes = [(m, k + 1) for k, m in zip(w[:-1], w[1:])]
-    offs = np.cumsum([0] + [a * b for a, b in shapes])
-
-    def unflatten(theta):
-        blocks = [theta[offs[l]:offs[l + 1]].reshape(shapes[l]) for l in range(L)]
-        return [{"W": b[:, :-1], "b": b[:, -1]} for b in blocks]
-
-    def f_one(theta, x1):  # (M_0,) -> (C,)
-        return model.apply(unflatten(theta), x1[None])[0]
-
-    def hidden(theta, x1, eps):  # forward with perturbations of u_l: h~_{l-1} and f
-        h, hs = x1, []
-        for l, p in enumerate(unflatten(theta)):
-            k = p["W"].shape[1]
-            ht = jnp.concatenate([model.sigma_w * h / np.sqrt(k), jnp.full((1,), model.sigma_b, h.dtype)])
-            hs.append(ht)
-            u = p["W"] @ ht[:-1] + p["b"] * ht[-1] + eps[l]
-            h = model.phi(u) if l < L - 1 else u
-        return h, hs
-
-    def psd_solve_dense(K, B):  # LU solve, independent of the structured Cholesky path
-        if rho > 0:
-            return jnp.linalg.solve(K + N * rho * jnp.eye(K.shape[-1], dtype=K.dtype), B)
-        return jnp.linalg.pinv(K, hermitian=True) @ B
-
-    def direction(theta, x, y):
-        J = jax.vmap(jax.jacrev(f_one), (None, 0))(theta, x).reshape(N * C, -1)   # (N C, P)
-        g = (jax.vmap(f_one, (None, 0))(theta, x) - y).reshape(-1)
-        grad = J.T @ g / N
-        Js = [J[:, offs[l]:offs[l + 1]] for l in range(L)]
-        if method == "gd":
-            return grad
-        if method == "exact":
-            return J.T @ psd_solve_dense(J @ J.T, g)
-        if method == "block_diagonal":
-            return jnp.concatenate([Jl.T @ psd_solve_dense(Jl @ Jl.T, g) for Jl in Js])
-        if method == "block_tridiagonal":
-            K = [Jl @ Jl.T for Jl in Js]
-            T = tridiagonal_ones(L)
-            nc = N * C
-            Mbig = jnp.block([[T[i, j] * K[j] for j in range(L)] for i in range(L)])
-            rhs = jnp.tile(g, L)
-            if rho > 0:
-                v = jnp.linalg.solve(Mbig + N * rho * jnp.eye(L * nc, dtype=J.dtype), rhs)
-            else:
-                v = jnp.linalg.lstsq(Mbig, rhs)[0]
-            return jnp.concatenate([Jl.T @ v[l * nc:(l + 1) * nc] for l, Jl in enumerate(Js)])
-        if method == "diagonal":
-            diag = jnp.sum(J * J, axis=0) / N
-            if rho > 0:
-                return grad / (diag + rho)
-            out = []
-            for l in range(L):
-                dl, gl = diag[offs[l]:offs[l + 1]], grad[offs[l]:offs[l + 1]]
-                keep = dl > jnp.finfo(dl.dtype).eps * jnp.max(dl)
-                out.append(jnp.where(keep, gl / jnp.where(keep, dl, 1.0), 0.0))
-            return jnp.concatenate(out)
-        if method == "unit_wise":
-            out = []
-            for l, Jl in enumerate(Js):
-                J3 = Jl.reshape(N * C, *shapes[l])                         # (N C, M_l, M_{l-1}+1)
-                Ku = jnp.einsum("aij,bij->iab", J3, J3)                    # per-unit kernels
-                if rho > 0:
-                    v = jnp.linalg.solve(Ku + N * rho * jnp.eye(N * C, dtype=J.dtype), jnp.broadcast_to(g, (shapes[l][0], N * C))[..., None])[..., 0]
-                else:
-                    v = jnp.einsum("iab,b->ia", jnp.linalg.pinv(Ku, hermitian=True), g)
-                out.append(jnp.einsum("aij,ia->ij", J3, v).reshape(-1))
-            return jnp.concatenate(out)
-        if method == "kfac":
-            eps0 = [jnp.zeros((m,), x.dtype) for m in w[1:]]
-            hs = jax.vmap(lambda x1: hidden(theta, x1, eps0)[1])(x)                # [(N, M_{l-1}+1)]
-            ds = jax.vmap(lambda x1: jax.jacrev(lambda e: hidden(theta, x1, e)[0])(eps0))(x)  # [(N, C, M_l)]
-            out = []
-            for l in range(L):
-                H, Dm = hs[l], ds[l].reshape(N * C, -1)
-                A, B = H.T @ H / N, Dm.T @ Dm / N
-                G = grad[offs[l]:offs[l + 1]].reshape(shapes[l])
-                la, Va = jnp.linalg.eigh(A)
-                lb, Vb = jnp.linalg.eigh(B)
-                la, lb = jnp.clip(la, 0), jnp.clip(lb, 0)
-                if rho > 0 and kfac_mode == "factored":
-                    pi = jnp.sqrt((jnp.trace(A) / A.shape[0]) / (jnp.trace(B) / B.shape[0]))
-                    wgt = 1.0 / ((lb + jnp.sqrt(rho) / pi)[:, None] * (la + pi * jnp.sqrt(rho))[None, :])
-                elif rho > 0:
-                    wgt = 1.0 / (lb[:, None] * la[None, :] + rho)
-                else:
-                    prod = lb[:, None] * la[None, :]
-                    keep = prod > 1e-13 * jnp.max(prod)
-                    wgt = jnp.where(keep, 1.0 / jnp.where(keep, prod, 1.0), 0.0)
-                out.append((Vb @ ((Vb.T @ G @ Va) * wgt) @ Va.T).reshape(-1))
-            return jnp.concatenate(out)
-        raise ValueError(method)
-
-    def step(theta, x, y):
-        d = direction(theta, x, y)
-        return theta - lr * d, d
-    return jax.jit(step)
-
-
 # --- timing -------------------------------------------------------------------------------------
 def run_case(jitted, args, a, mem):
-    """compile, warm-up (memory measured), timed calls; returns (record, warm-up outputs)."""
+    """compile, warm-up (memory measured), timed calls; returns (record, warm-up outputs). A step
+    that is not jitted (the baseline's to_dense fallback) runs as it is: no compile time, no XLA bytes."""
     import jax
     import numpy as np
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = jitted, None
+    if hasattr(jitted, "lower"):
+        t0 = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out, peak = mem.run(lambda: compiled(*args))
     first = time.perf_counter() - t0
@@ -422,7 +331,7 @@ def run_case(jitted, args, a, mem):
         times.append(time.perf_counter() - t0)
     rec = {"status": "ok", "compile_s": compile_s, "first_call_s": first, "median_s": float(np.median(times)),
            "min_s": float(np.min(times)), "repeats": reps, "times_s": times,
-           "xla_bytes": xla_bytes(compiled), "measured_peak_bytes": peak}
+           "xla_bytes": xla_bytes(compiled) if compile_s is not None else None, "measured_peak_bytes": peak}
     return rec, out
 
 
@@ -449,6 +358,7 @@ def bench_steps(a, ctx):
     from ntk_ngd import memory, sharding
     from ntk_ngd.curvature import get_method
     from ntk_ngd.layers import from_params
+    import baseline as dense
 
     rows, mem, budget, dt = [], ctx["mem"], ctx["budget"], a.dtype
     gflops0 = ctx["assumed_gflops"]
@@ -475,9 +385,10 @@ def bench_steps(a, ctx):
                     options["force"] = True
                     rec["forced"] = str(e).split(";")[0]
                 est_s = memory.step_estimate(method, N, a.outputs, M, a.depth, a.m0, dt, chunk=chunk)
-                est_b = memory.baseline_estimate(method, N, a.outputs, M, a.depth, a.m0, dt)
+                est_b = dense.estimate(method, N, a.outputs, M, a.depth, a.m0, dt)
                 rec["structured"] = {"estimate_bytes": est_s.total, "estimate_terms": est_s.terms}
-                rec["baseline"] = {"estimate_bytes": est_b.total, "estimate_terms": est_b.terms}
+                rec["baseline"] = {"estimate_bytes": est_b.total, "estimate_terms": est_b.terms,
+                                   "impl": "dense kernels" if dense.baseline_for(method) else "to_dense fallback"}
                 d_struct = None
                 for kind in ("structured", "baseline"):
                     r = rec[kind]
@@ -505,7 +416,7 @@ def bench_steps(a, ctx):
                         else:
                             theta = flat_blocks(from_params(params))
                             theta = jax.device_put(theta.astype(dt), ctx["device"])
-                            jitted = baseline_step(model, method, a.rho, N, a.lr)
+                            jitted = dense.baseline_step(model, method, a.rho, N, a.lr)
                             r2, out = run_case(jitted, (theta, x, y), a, mem)
                             d_base = np.asarray(out[1])
                             del theta
@@ -796,8 +707,12 @@ def main(argv=None):
     if argv and argv[0] == "--markdown":
         markdown(argv[1])
         return 0
+    env = parse_env_args(argv)
+    configure_environment(env)
+    if env.plugin or os.environ.get("NTK_NGD_PLUGINS"):
+        from ntk_ngd.plugins import load_plugins
+        load_plugins(env.plugin)
     a = parse_args(argv)
-    configure_environment(a)
     import jax
     if a.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -809,20 +724,15 @@ def main(argv=None):
     if a.device == "gpu" and a.dtype == "float32" and not a.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")  # true float32 matmuls, no TF32
     import numpy as np
-    from ntk_ngd import memory, sharding
+    from ntk_ngd import memory, sharding, store
 
     dev = devices[0]
     if a.mem_budget_gb:
         budget = a.mem_budget_gb * 2 ** 30
-    elif dev.platform == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                avail = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
-        except (OSError, StopIteration):
-            avail = 8 * 2 ** 30
-        budget = 0.4 * avail
-    else:
-        budget = 0.9 * (dev.memory_stats() or {}).get("bytes_limit", 16 * 2 ** 30)
+    else:  # MemAvailable on CPU, the allocator's limit minus what is in use on GPU
+        avail = memory.available_bytes(dev)
+        cpu = dev.platform == "cpu"
+        budget = (0.4 if cpu else 0.9) * (avail or (8 if cpu else 16) * 2 ** 30)
     peak = a.peak_gflops
     if peak is None and dev.platform != "cpu":
         for k, (p32, p64) in KNOWN_PEAK_GFLOPS.items():
@@ -866,21 +776,10 @@ def main(argv=None):
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
-            json.dump(res, f, indent=1, default=_json_default)
+            f.write(store.dumps(res, indent=1))
         print(f"# wrote {a.out}")
     return 0 if res["checks"]["all_agree"] else 1
 
-
-def _json_default(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    return str(o)
 
 
 if __name__ == "__main__":

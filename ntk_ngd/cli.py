@@ -4,6 +4,10 @@
   ntk-ngd sweep --method exact kfac --width 256 512 1024 --seed 0 1 2 --store results/w
   ntk-ngd reproduce --quick                                      paper figures on bundled digits
   ntk-ngd report --store results/w --out figures/w               figures + markdown from a store
+  ntk-ngd --plugin my_method.py train --method my_method         a user's registered method
+
+Methods and their options come from the registry (``ntk_ngd.curvature.register_method``);
+``--option KEY=VALUE`` sets a method option (typed by the method's fields).
 
 Float64 by default (``--dtype float32`` to change); every result is saved with its typed
 config and ``run_meta()`` (jax version, device, dtype, git revision, host).
@@ -11,7 +15,6 @@ config and ``run_meta()`` (jax version, device, dtype, git revision, host).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -19,6 +22,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import experiments as ex
+from .curvature import method_names
+from .curvature.registry import describe
+from .plugins import ENV, load_plugins
 
 LR_HELP = "learning rate: a number, 'optimal' (1/alpha; 1/lambda_max(Theta_G) for gd/diagonal) or 'paper'"
 
@@ -33,6 +39,52 @@ def _lr(s: str):
     if not v > 0:
         raise argparse.ArgumentTypeError(f"lr must be positive, got {s}")
     return v
+
+
+def _option(s: str):
+    """KEY=VALUE of ``--option`` (the value is typed later, against the method's fields)."""
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _typed(value: str, default):
+    """A command-line string as the type of an option's default (bool, int, float, None, str)."""
+    low = value.lower()
+    if isinstance(default, bool):
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return low in ("true", "1", "yes")
+    if low == "none":
+        return None
+    for cast in ((int,) if isinstance(default, int) or default is None else ()) + (float,):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def method_options_from_args(a, method: str) -> dict:
+    """The options of ``method`` given by --option KEY=VALUE and --damping-mode."""
+    from .curvature import method_class
+    fields = method_class(method).options()
+    out = {}
+    for k, v in getattr(a, "option", None) or []:
+        if k in fields:
+            out[k] = _typed(v, fields[k])
+    if getattr(a, "damping_mode", None) is not None and "damping_mode" in fields:
+        out["damping_mode"] = a.damping_mode
+    return out
+
+
+def check_options_known(a, methods) -> None:
+    from .curvature import method_class
+    known = set().union(*(method_class(m).options() for m in methods))
+    bad = sorted({k for k, _ in (getattr(a, "option", None) or []) if k not in known})
+    if bad:
+        raise SystemExit(f"ntk-ngd: error: --option {bad}: no option of the methods {list(methods)}")
 
 
 def _log(msg: str) -> None:
@@ -79,15 +131,18 @@ def add_network_options(p, sweep: bool = False) -> None:
 def add_training_options(p, sweep: bool = False) -> None:
     g = p.add_argument_group("training")
     many = dict(nargs="+") if sweep else {}
-    g.add_argument("--method", choices=ex.METHOD_NAMES, default=["exact"] if sweep else "exact", **many,
-                   help="NGD variant(s): gd, exact, block_diagonal, block_tridiagonal, kfac, unit_wise, diagonal")
+    g.add_argument("--method", choices=method_names(), default=["exact"] if sweep else "exact", **many,
+                   help="method(s), from the registry: " + describe())
+    g.add_argument("--option", "-o", type=_option, action="append", default=None, metavar="KEY=VALUE",
+                   help="a method option (repeatable), e.g. -o damping_mode=factored")
     g.add_argument("--lr", type=_lr, default="optimal", help=LR_HELP)
     g.add_argument("--damping", type=float, default=[0.0] if sweep else 0.0, **many,
                    help="damping rho >= 0 (see --damping-scale)")
     g.add_argument("--damping-scale", choices=ex.DAMPING_SCALES, default="absolute",
                    help="absolute: rho = --damping; per_width: rho = --damping / M (unit-wise needs rho << 1/M)")
-    g.add_argument("--damping-mode", choices=("tikhonov", "factored"), default="tikhonov",
-                   help="K-FAC damping: exact (B (x) A + rho I)^-1 or factored (A + pi sqrt(rho)) (x) (B + ...)")
+    g.add_argument("--damping-mode", choices=("tikhonov", "factored"), default=None,
+                   help="K-FAC damping (same as -o damping_mode=...): exact (B (x) A + rho I)^-1 or "
+                        "factored (A + pi sqrt(rho)) (x) (B + ...); default tikhonov")
     g.add_argument("--force", action="store_true", help="run a method even where its stated conditions fail")
     g.add_argument("--steps", type=int, default=5, help="training steps T")
     g.add_argument("--seed", type=int, default=[0] if sweep else 0, **many, help="network initialization seed(s)")
@@ -103,9 +158,10 @@ def run_config(a, **override) -> ex.RunConfig:
               data_seed=a.data_seed, dim=a.dim, forster=a.forster, pca_dim=a.pca_dim, depth=a.depth,
               width=a.width, widths=getattr(a, "widths", None), activation=a.activation, sigma_w=a.sigma_w,
               sigma_b=a.sigma_b, method=a.method, lr=a.lr, damping=a.damping, damping_scale=a.damping_scale,
-              damping_mode=a.damping_mode, force=a.force, steps=a.steps, seed=a.seed,
+              force=a.force, steps=a.steps, seed=a.seed,
               analytic=not a.no_analytic, dtype=a.dtype)
     kw.update(override)
+    kw["options"] = method_options_from_args(a, kw["method"])
     return ex.RunConfig(**kw)
 
 
@@ -131,6 +187,7 @@ def step_table(s: dict) -> str:
 def cmd_train(a) -> int:
     from .report import save_json
     from .store import run_meta
+    check_options_known(a, [a.method])
     cfg = run_config(a)
     _log(f"training {cfg.method} on {cfg.dataset} (N={cfg.n_train}, width {cfg.width}, depth {cfg.depth}, "
          f"{cfg.steps} steps, {cfg.dtype})")
@@ -154,8 +211,10 @@ def cmd_train(a) -> int:
 def cmd_sweep(a) -> int:
     from .report import report_store
     from .sweep import run_sweep
-    base = run_config(a, method=a.method[0], width=a.width[0], damping=a.damping[0], seed=a.seed[0])
-    points = ex.sweep_points(base, method=a.method, width=a.width, damping=a.damping, seed=a.seed)
+    check_options_known(a, a.method)
+    points = [p for m in a.method for p in
+              ex.sweep_points(run_config(a, method=m, width=a.width[0], damping=a.damping[0], seed=a.seed[0]),
+                              width=a.width, damping=a.damping, seed=a.seed)]
     _log(f"sweep of {len(points)} grid points into {a.store} (backend {a.backend})")
     client = None
     if a.backend == "dask" and a.scheduler:  # an existing cluster (several machines) instead of a LocalCluster
@@ -179,7 +238,7 @@ def reproduce_config(a) -> ex.ReproduceConfig:
     t = lambda v: None if v is None else tuple(v)
     return ex.ReproduceConfig(dataset=a.dataset, data_path=a.data_path, quick=a.quick, n_train=a.n_train,
                               n_test=a.n_test, width=a.width, depth=a.depth, steps=a.steps, seed=a.seed,
-                              methods=tuple(a.methods), unit_wise_damping=a.unit_wise_damping,
+                              methods=t(a.methods), unit_wise_damping=a.unit_wise_damping,
                               forster_n_train=a.forster_n_train, sweep_widths=t(a.sweep_widths),
                               sweep_seeds=t(a.sweep_seeds), sweep_methods=t(a.sweep_methods),
                               damping_widths=t(a.damping_widths), damping_values=t(a.damping_values),
@@ -252,6 +311,10 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ntk-ngd", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version="%(prog)s " + sys.modules[__package__].__version__)
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module (or .py file) that registers methods before the command runs "
+                        f"(also ${ENV}); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = _Formatter
 
@@ -296,19 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--depth", type=int, default=3, help="number of weight layers L")
     r.add_argument("--steps", type=int, default=None, help="training steps (default 4 quick, 6 otherwise)")
     r.add_argument("--seed", type=int, default=0, help="network initialization seed of the single runs")
-    r.add_argument("--methods", nargs="+", choices=ex.METHOD_NAMES, default=list(ex.METHOD_NAMES),
-                   help="methods of the single-run entries (dynamics, test predictions)")
+    r.add_argument("--methods", nargs="+", choices=method_names(), default=None,
+                   help="methods of the single-run entries (dynamics, test predictions); default: the paper's "
+                        + " ".join(ex.paper_methods()))
     r.add_argument("--unit-wise-damping", type=float, default=1e-6,
                    help="rho x M of the damped unit-wise run beside the paper's rho = 0")
     r.add_argument("--forster-n-train", type=int, default=96, help="digits N > M_0 for the Forster entry")
     r.add_argument("--sweep-widths", type=int, nargs="+", default=None, help="widths of the width sweep")
     r.add_argument("--sweep-seeds", type=int, nargs="+", default=None, help="seeds of the width sweep")
-    r.add_argument("--sweep-methods", nargs="+", choices=ex.METHOD_NAMES, default=None,
+    r.add_argument("--sweep-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the width sweep (default: exact kfac quick, exact BD BTD kfac otherwise)")
     r.add_argument("--damping-widths", type=int, nargs="+", default=None, help="widths of the damping sweep")
     r.add_argument("--damping-values", type=float, nargs="+", default=None,
                    help="damping values of the damping sweep: rho x M for unit_wise, rho for the others")
-    r.add_argument("--damping-methods", nargs="+", choices=ex.METHOD_NAMES, default=None,
+    r.add_argument("--damping-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the damping sweep (default: unit_wise quick, unit_wise kfac otherwise)")
     r.add_argument("--skip", nargs="+", choices=ENTRIES, default=[], help="entries to leave out")
     r.add_argument("--out", default="figures", help="directory for figures, JSON/CSV and REPORT.md")
@@ -329,7 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _plugins_in(argv) -> list:
+    """--plugin values, read before the parser is built (its method choices depend on them)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    return pre.parse_known_args(argv)[0].plugin
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins(_plugins_in(argv))
+    except ValueError as e:
+        raise SystemExit(f"ntk-ngd: error: {e}")
     args = build_parser().parse_args(argv)
     ex.guard_cpu_thread_pool()
     import jax

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .curvature import KernelSource, get_method
-from .layers import factors, grams
+from .curvature import KernelSource, ResidualMap, get_method
+from .layers import factors, grams, j_vec
+from .losses import mse
 from .ngd import check_damping
 
 
@@ -35,10 +36,21 @@ def analytic_source(model, x_train, x_test=None) -> KernelSource:
                         None if x_test is None else analytic_grams(model, x_test, x_train))
 
 
+def residual_map(method, src: KernelSource, damping=0.0, **options) -> ResidualMap:
+    """Phi with f_{t+1}(X) - y = r - eta Phi(r) (THEORY section 9): ``Phi(r)`` for r (N, C) or
+    (N C,), ``Phi.test(r)`` the test rows (N', C) (None without test inputs). Every method has one:
+    J d(r) through the structured layers for empirical sources, Theta_G r from the method's kernel
+    form for analytic ones."""
+    return get_method(method, **options).residual_map(src, check_damping(damping))
+
+
 def preconditioned_kernel(method, src: KernelSource, damping=0.0, **options):
-    """(Theta_G (N C, N C), Theta_G(x', X) (N' C, N C) or None) for a method and a kernel source."""
+    """(Theta_G (N C, N C), Theta_G(x', X) (N' C, N C) or None) for a linear method and a kernel source."""
     rho = check_damping(damping)
     m = get_method(method, **options)
+    if not m.linear:
+        raise ValueError(f"{m.name}: its function-space step depends on the residual, so it has no "
+                         "preconditioned kernel Theta_G; use residual_map")
     train, cross = m.kernel(src, rho)
     return 0.5 * (train + train.T), cross
 
@@ -50,18 +62,17 @@ def isotropy_constant(method, model, n_train: int, convention: str = "theory", *
     m = get_method(method, **options)
     if convention not in ("theory", "paper"):
         raise ValueError(f"convention must be 'theory' or 'paper', got {convention!r}")
-    if convention == "paper" and hasattr(m, "convention"):
-        return m.alpha(model, n_train, convention="paper")
-    return m.alpha(model, n_train)
+    return m.alpha(model, n_train, "paper" if convention == "paper" else None)
 
 
 def optimal_lr(method, model, n_train: int, theta_g=None, convention="theory", **options) -> float:
     """eta* = 1 / alpha for isotropic methods; 1 / lambda_max(Theta_G) otherwise (needs theta_g)."""
-    alpha = isotropy_constant(method, model, n_train, convention, **options)
+    m = get_method(method, **options)
+    alpha = isotropy_constant(m, model, n_train, convention)
     if alpha is not None:
         return 1.0 / alpha
     if theta_g is None:
-        raise ValueError(f"{method} has no isotropy constant: pass theta_g to set eta = 1 / lambda_max")
+        raise ValueError(f"{m.name} has no isotropy constant: pass theta_g to set eta = 1 / lambda_max")
     return float(1.0 / jnp.linalg.eigvalsh(theta_g)[-1])
 
 
@@ -78,10 +89,11 @@ def isotropy_error(theta_g, alpha: float) -> float:
 
 # --- predictors --------------------------------------------------------------------------
 class Prediction(NamedTuple):
-    """Predicted trajectories: train (T+1, N, C), test (T+1, N', C) or None, steps (T+1,)."""
+    """Predicted trajectories: train (T+1, N, C), test (T+1, N', C) or None, steps (T+1,);
+    for the t -> infinity limit train (N, C), test (N', C) or None, steps None."""
     train: jnp.ndarray
     test: Optional[jnp.ndarray]
-    steps: np.ndarray
+    steps: Optional[np.ndarray]
 
 
 def _geometric(x, t):
@@ -95,60 +107,140 @@ def _geometric(x, t):
     return pw, geo
 
 
+def _steps(t) -> np.ndarray:
+    return np.arange(int(t) + 1) if np.ndim(t) == 0 else np.asarray(t)
+
+
+def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
+    """Predictor factory of the linearized dynamics f_{t+1}(X) - y = (I - eta Theta_G)(f_t(X) - y).
+
+    theta_g (N C, N C), y (N, C), cross = Theta_G(x', X) (N' C, N C) or None. The spectrum of a
+    symmetric Theta_G is computed once, here; a non-symmetric one is iterated step by step.
+    Returns ``predict_fn(t=None, f0_train, f0_test=None) -> Prediction``: ``t`` an int T (steps
+    0..T) or an array of steps gives trajectories (len(t), N, C); ``t=None`` the t -> infinity
+    limit f_inf(X) = y + P_0 (f_0 - y), f_inf(x') = f_0(x') - Theta_G(x', X) Theta_G^+ (f_0 - y),
+    as (N, C) arrays (``steps`` None).
+    """
+    asym = jnp.max(jnp.abs(theta_g - theta_g.T)) / jnp.maximum(jnp.max(jnp.abs(theta_g)), 1e-300)
+    symmetric = float(asym) <= symmetric_tol
+    w, U = jnp.linalg.eigh(0.5 * (theta_g + theta_g.T))
+
+    def limit(f0_train, f0_test):
+        n, c = f0_train.shape
+        keep = w > jnp.finfo(w.dtype).eps * w.size * 10 * jnp.max(jnp.abs(w))
+        z = U.T @ (f0_train - y).reshape(-1)
+        train = y + (U @ jnp.where(keep, 0.0, z)).reshape(n, c)
+        test = None
+        if cross is not None and f0_test is not None:
+            winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
+            test = f0_test - (cross @ (U @ (winv * z))).reshape(-1, c)
+        return Prediction(train, test, None)
+
+    def predict_fn(t=None, f0_train=None, f0_test=None) -> Prediction:
+        if f0_train is None:
+            raise ValueError("predict_fn needs f0_train, the outputs at t = 0 (N, C)")
+        if t is None:
+            return limit(f0_train, f0_test)
+        steps = _steps(t)
+        cr = None if f0_test is None else cross
+        if not symmetric:
+            return _iterate(theta_g, cr, f0_train, f0_test, y, lr, steps)
+        n, c = f0_train.shape
+        z = U.T @ (f0_train - y).reshape(-1)
+        pw, geo = _geometric(lr * w[None, :], jnp.asarray(steps, w.dtype)[:, None])
+        train = y[None] + ((pw * z) @ U.T).reshape(-1, n, c)
+        test = None if cr is None else f0_test[None] - (((lr * geo * z) @ U.T) @ cr.T).reshape(len(steps), -1, c)
+        return Prediction(train, test, steps)
+
+    predict_fn.eigenvalues = w
+    return predict_fn
+
+
 def predict(theta_g, cross, f0_train, f0_test, y, lr: float, steps, symmetric_tol: float = 1e-10) -> Prediction:
-    """Exact discrete-time trajectories for t in ``steps`` (an int T means 0..T).
+    """Exact discrete-time trajectories for t in ``steps`` (an int T means 0..T): ``linearized``.
 
     Eigendecomposition of the symmetric Theta_G: (I - eta Theta_G)^t = U diag((1 - eta lambda)^t) U^T;
     a non-symmetric Theta_G is iterated step by step (exact, stable).
     """
-    steps = np.arange(steps + 1) if np.ndim(steps) == 0 else np.asarray(steps)
-    n, c = f0_train.shape
-    r0 = (f0_train - y).reshape(-1)
-    asym = jnp.max(jnp.abs(theta_g - theta_g.T)) / jnp.maximum(jnp.max(jnp.abs(theta_g)), 1e-300)
-    if float(asym) <= symmetric_tol:
-        w, U = jnp.linalg.eigh(0.5 * (theta_g + theta_g.T))
-        z = U.T @ r0
-        t = jnp.asarray(steps, w.dtype)[:, None]
-        pw, geo = _geometric(lr * w[None, :], t)
-        train = y[None] + ((pw * z) @ U.T).reshape(-1, n, c)
-        test = None
-        if cross is not None:
-            test = f0_test[None] - (((lr * geo * z) @ U.T) @ cross.T).reshape(len(steps), -1, c)
-        return Prediction(train, test, steps)
-    return _iterate(theta_g, cross, f0_train, f0_test, y, lr, steps)
+    return linearized(theta_g, y, lr, cross, symmetric_tol)(steps, f0_train, None if cross is None else f0_test)
 
 
 def _iterate(theta_g, cross, f0_train, f0_test, y, lr, steps):
-    n, c = f0_train.shape
-    T = int(steps.max())
+    return iterated(lambda r: theta_g @ r, y, lr, None if cross is None else (lambda r: cross @ r))(
+        steps, f0_train, f0_test)
 
-    def step(carry, _):
-        r, ft = carry
-        ft = ft if cross is None else ft - lr * cross @ r
-        return (r - lr * theta_g @ r, ft), (r, ft)
 
-    f0t = jnp.zeros(1) if f0_test is None else f0_test.reshape(-1)
-    _, (rs, fts) = jax.lax.scan(step, ((f0_train - y).reshape(-1), f0t), None, length=T + 1)
-    train = y[None] + rs[steps].reshape(-1, n, c)
-    test = None if cross is None else fts[steps].reshape(len(steps), -1, c)
-    return Prediction(train, test, steps)
+def iterated(phi, y, lr: float, phi_test=None):
+    """Predictor factory of the lazy-regime recursion r_{t+1} = r_t - eta Phi(r_t) (kernels fixed
+    at init; THEORY section 9), for any residual map: ``phi`` maps the flat r (N C,) to Phi(r),
+    ``phi_test`` (optional) to the test-row step (N' C,). A ``ResidualMap`` works as both.
+    Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction`` (t an int T or an array of steps)."""
+    def predict_fn(t, f0_train, f0_test=None) -> Prediction:
+        steps = _steps(t)
+        n, c = f0_train.shape
+        with_test = phi_test is not None and f0_test is not None
+
+        def step(carry, _):  # emits (r_t, f_t(x')), carries step t + 1
+            r, ft = carry
+            nxt = ft - lr * phi_test(r).reshape(-1) if with_test else ft
+            return (r - lr * phi(r).reshape(-1), nxt), (r, ft)
+
+        f0t = f0_test.reshape(-1) if with_test else jnp.zeros(1, f0_train.dtype)
+        _, (rs, fts) = jax.lax.scan(step, ((f0_train - y).reshape(-1), f0t), None, length=int(steps.max()) + 1)
+        train = y[None] + rs[steps].reshape(-1, n, c)
+        return Prediction(train, fts[steps].reshape(len(steps), -1, c) if with_test else None, steps)
+
+    return predict_fn
+
+
+def residual_predictor(rmap: ResidualMap, y, lr: float):
+    """``iterated`` for a method's ``ResidualMap`` (train and, where it has one, test rows)."""
+    return iterated(rmap.train, y, lr, rmap.test)
+
+
+def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, **options):
+    """Lazy-regime predictor of any method on an empirical source (kernels fixed at init, THEORY
+    section 9): r_{t+1} = r_t - eta J_0 d(r_t; state_t), test rows f_{t+1}(x') = f_t(x') - eta J_0(x') d,
+    with state_t = update(state_{t-1}, factors_0, r_t, t) for stateful methods (held GFIM,
+    accumulated Shampoo factors). Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction``."""
+    m, rho = get_method(method, **options), check_damping(damping)
+    if not src.empirical:
+        raise ValueError(f"{m.name}: method_predictor needs an empirical source (the structured factors)")
+    fac, fx = src.fac_train, src.fac_test
+    n, c = src.n, src.C
+
+    def predict_fn(t, f0_train, f0_test=None) -> Prediction:
+        steps = _steps(t)
+        with_test = fx is not None and f0_test is not None
+        r0 = f0_train - y
+
+        def step(carry, k):  # emits (r_t, f_t(x')), carries step t + 1
+            r, ft, state = carry
+            state = m.update(state, fac, r, rho, k) if m.stateful else state
+            d = m.direction(fac, r, rho, state)
+            nxt = ft - lr * j_vec(fx, d) if with_test else ft
+            return (r - lr * j_vec(fac, d), nxt, state), (r, ft)
+
+        state0 = m.init(fac, r0, rho) if m.stateful else ()
+        f0t = f0_test if with_test else jnp.zeros((1, c), f0_train.dtype)
+        _, (rs, fts) = jax.lax.scan(step, (r0, f0t, state0), jnp.arange(int(steps.max()) + 1))
+        return Prediction(y[None] + rs[steps], fts[steps] if with_test else None, steps)
+
+    return predict_fn
 
 
 def predict_limit(theta_g, cross, f0_train, f0_test, y, lr: Optional[float] = None):
-    """t -> infinity: f_inf(X) = y + P_0 (f_0 - y) (P_0 the projector on null Theta_G) and
-    f_inf(x') = f_0(x') - Theta_G(x', X) Theta_G^+ (f_0 - y). With ``lr``, checks 0 < eta lambda < 2."""
-    n, c = f0_train.shape
-    w, U = jnp.linalg.eigh(0.5 * (theta_g + theta_g.T))
-    keep = w > jnp.finfo(w.dtype).eps * w.size * 10 * jnp.max(jnp.abs(w))
-    if lr is not None and not bool(jnp.all(jnp.where(keep, (lr * w > 0) & (lr * w < 2), True))):
-        raise ValueError(f"lr = {lr} is unstable: eta * lambda_max(Theta_G) = {float(lr * w[-1]):.4g} >= 2")
-    z = U.T @ (f0_train - y).reshape(-1)
-    train = y + (U @ jnp.where(keep, 0.0, z)).reshape(n, c)
-    test = None
-    if cross is not None:
-        winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
-        test = f0_test - (cross @ (U @ (winv * z))).reshape(-1, c)
-    return train, test
+    """t -> infinity (``linearized(...)(None, ...)``): f_inf(X) = y + P_0 (f_0 - y) (P_0 the projector
+    on null Theta_G) and f_inf(x') = f_0(x') - Theta_G(x', X) Theta_G^+ (f_0 - y). With ``lr``,
+    checks 0 < eta lambda < 2."""
+    fn = linearized(theta_g, y, 1.0 if lr is None else lr, cross)
+    if lr is not None:
+        w = fn.eigenvalues
+        keep = w > jnp.finfo(w.dtype).eps * w.size * 10 * jnp.max(jnp.abs(w))
+        if not bool(jnp.all(jnp.where(keep, (lr * w > 0) & (lr * w < 2), True))):
+            raise ValueError(f"lr = {lr} is unstable: eta * lambda_max(Theta_G) = {float(lr * w[-1]):.4g} >= 2")
+    p = fn(None, f0_train, f0_test)
+    return p.train, p.test
 
 
 def predict_gd_continuous(theta, cross, f0_train, f0_test, y, lr: float, times) -> Prediction:
@@ -173,6 +265,11 @@ def trajectory_error(f_nn, f_pred, f0, y):
     """e_t = ||f_t^NN - f_t^pred|| / ||f_0(X) - y||, (T+1,)."""
     scale = jnp.linalg.norm(f0 - y)
     return jnp.linalg.norm((f_nn - f_pred).reshape(f_nn.shape[0], -1), axis=1) / scale
+
+
+def loss_curve(f, y):
+    """MSE 1/(2N) sum_n ||f_t(x_n) - y_n||^2 per step of a trajectory f (T+1, N, C): (T+1,)."""
+    return jax.vmap(lambda ft: mse(ft, y))(jnp.asarray(f))
 
 
 def one_step_ratio(f1, f0, y) -> float:

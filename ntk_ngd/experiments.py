@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import math
 import os
 import time
@@ -31,7 +30,6 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-METHOD_NAMES = ("gd", "exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise", "diagonal")
 DATASETS = ("digits", "synthetic", "mnist", "cifar10")
 DTYPES = ("float64", "float32")
 DAMPING_SCALES = ("absolute", "per_width")
@@ -49,10 +47,11 @@ class RunConfig:
     ``pca_dim`` optionally projects inputs first.
     Network: ``widths`` (M_0 .. M_L, overrides ``depth``/``width``; M_0 and C must fit the data) or
     L = ``depth`` layers with hidden width ``width``; ``activation``, ``sigma_w``, ``sigma_b``.
-    Training: ``method``, ``lr`` (a number, "optimal" = 1/alpha or 1/lambda_max, "paper"),
-    ``damping`` rho (``damping_scale="per_width"`` means rho = damping / max hidden width),
-    ``damping_mode`` (K-FAC), ``force`` (skip a method's stated conditions), ``steps``, ``seed``
-    (network initialization). ``analytic`` adds the infinite-width predictor.
+    Training: ``method`` (any registered method), ``options`` (that method's options, validated
+    against its typed fields, e.g. ``{"damping_mode": "factored"}`` for K-FAC), ``lr`` (a number,
+    "optimal" = 1/alpha or 1/lambda_max, "paper"), ``damping`` rho (``damping_scale="per_width"``
+    means rho = damping / max hidden width), ``force`` (skip a method's stated conditions),
+    ``steps``, ``seed`` (network initialization). ``analytic`` adds the infinite-width predictor.
     """
     dataset: str = "digits"
     data_path: Optional[str] = None
@@ -71,10 +70,10 @@ class RunConfig:
     sigma_w: float = 2 ** 0.5
     sigma_b: float = 0.0
     method: str = "exact"
+    options: dict = dataclasses.field(default_factory=dict)
     lr: Union[str, float] = "optimal"
     damping: float = 0.0
     damping_scale: str = "absolute"
-    damping_mode: str = "tikhonov"
     force: bool = False
     steps: int = 5
     seed: int = 0
@@ -86,8 +85,10 @@ class RunConfig:
         fix("classes", tuple(int(c) for c in self.classes))
         if self.widths is not None:
             fix("widths", tuple(int(w) for w in self.widths))
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHOD_NAMES)}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of the method's options, got {self.options!r}")
+        fix("options", dict(self.options))
+        method_object(self)  # unknown methods and unknown or ill-typed options fail here
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.dtype not in DTYPES:
@@ -106,6 +107,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """From a stored config; a legacy top-level ``damping_mode`` moves into ``options``."""
+        d = dict(d)
+        if "damping_mode" in d:
+            mode = d.pop("damping_mode")
+            from .curvature import method_class
+            if "damping_mode" in method_class(d.get("method", "exact")).options():
+                d["options"] = {"damping_mode": mode, **d.get("options", {})}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -115,6 +123,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["classes"] = list(self.classes)
+        d["options"] = dict(self.options)
         d["widths"] = None if self.widths is None else list(self.widths)
         return d
 
@@ -182,19 +191,39 @@ def build_model(cfg: RunConfig, data):
 
 
 def method_options(cfg: RunConfig) -> dict:
-    """The options of cfg that the method's constructor accepts (forster, damping_mode, force)."""
+    """The method options of cfg: ``options``, plus ``forster`` (a data flag that K-FAC's conditions
+    read) where the method has that option, plus ``force`` when set."""
+    from .curvature import method_class
+    fields = method_class(cfg.method).options()
+    out = dict(cfg.options)
+    if "forster" in fields and cfg.forster:
+        out.setdefault("forster", True)
+    if cfg.force:
+        out["force"] = True
+    return out
+
+
+def method_object(cfg: RunConfig):
+    """The method object of cfg (strings are parsed here, once)."""
+    from .curvature import get_method
+    return get_method(cfg.method, **method_options(cfg))
+
+
+def paper_methods() -> tuple:
+    """The registered methods of the paper's comparison (declared ``paper``), in registry order."""
     from .curvature import METHODS
-    accepted = inspect.signature(METHODS[cfg.method].__init__).parameters
-    offered = {"forster": cfg.forster, "damping_mode": cfg.damping_mode, "force": cfg.force}
-    return {k: v for k, v in offered.items() if k in accepted and (k != "force" or v)}
+    return tuple(n for n, c in METHODS.items() if c.paper)
+
+
+def isotropic_methods(kind: str = "finite") -> tuple:
+    """Paper methods whose theory claims isotropy: "finite" (exact at any width under their
+    conditions) or "wide" (only as M grows)."""
+    from .curvature import METHODS
+    return tuple(n for n in paper_methods() if METHODS[n].isotropy == kind)
 
 
 def _f(x) -> Optional[float]:
     return None if x is None else float(x)
-
-
-def _list(x) -> Optional[list]:
-    return None if x is None else [float(v) for v in np.asarray(x).reshape(-1)]
 
 
 @dataclass
@@ -219,10 +248,10 @@ class Comparison:
         return summarize(self)
 
 
-def _predictor(method, src, rho, opts, f0, f0t, y, lr, steps):
+def _predictor(method, src, rho, f0, f0t, y, lr, steps):
     """(Theta_G, Prediction, limit) for one kernel source."""
     from .dynamics import predict, predict_limit, preconditioned_kernel
-    tg, cross = preconditioned_kernel(method, src, rho, **opts)
+    tg, cross = preconditioned_kernel(method, src, rho)
     p = predict(tg, cross, f0, None if cross is None else f0t, y, lr, steps)
     lim = predict_limit(tg, cross, f0, None if cross is None else f0t, y)
     return tg, p, lim
@@ -240,27 +269,26 @@ def run_comparison(cfg: RunConfig) -> Comparison:
     t0 = time.perf_counter()
     data = load_data(cfg)
     model = build_model(cfg, data)
-    check_fits(cfg.method, model.widths, data.x_train.shape[0], data.x_test.shape[0], cfg.dtype)
-    opts = method_options(cfg)
+    method = method_object(cfg)
+    check_fits(method, model.widths, data.x_train.shape[0], data.x_test.shape[0], cfg.dtype)
     rho = cfg.rho
     params = model.init(jax.random.PRNGKey(cfg.seed))
-    nn = train(model, params, data, cfg.method, cfg.lr, cfg.steps, rho, **opts)
+    nn = train(model, params, data, method, cfg.lr, cfg.steps, rho)
     x, xt = jnp.asarray(data.x_train), jnp.asarray(data.x_test)
     y = jnp.asarray(data.y_train, nn.f_train.dtype)
     f0, f0t = nn.f_train[0], nn.f_test[0]
     pred, limit, notes = {}, {}, {}
     src = empirical_source(model, params, x, xt)
-    tg, pred["empirical"], limit["empirical"] = _predictor(cfg.method, src, rho, opts, f0, f0t, y, nn.lr, cfg.steps)
+    tg, pred["empirical"], limit["empirical"] = _predictor(method, src, rho, f0, f0t, y, nn.lr, cfg.steps)
     pred["analytic"] = limit["analytic"] = None
     if cfg.analytic:
         try:
             asrc = analytic_source(model, x, xt)
-            _, pred["analytic"], limit["analytic"] = _predictor(cfg.method, asrc, rho, opts, f0, f0t, y, nn.lr,
-                                                                cfg.steps)
+            _, pred["analytic"], limit["analytic"] = _predictor(method, asrc, rho, f0, f0t, y, nn.lr, cfg.steps)
         except (ValueError, NotImplementedError, ImportError) as e:  # e.g. diagonal: no analytic operator
             notes["analytic"] = f"{type(e).__name__}: {e}"
-    alpha = isotropy_constant(cfg.method, model, x.shape[0], **opts)
-    alpha_paper = isotropy_constant(cfg.method, model, x.shape[0], convention="paper", **opts)
+    alpha = isotropy_constant(method, model, x.shape[0])
+    alpha_paper = isotropy_constant(method, model, x.shape[0], convention="paper")
     theta0 = jnp.sum(layer_kernels(src.train), 0)
     theta_t = jnp.sum(empirical_layerwise_ntk(model, nn.params, x), 0)
     drift = kernel_drift(theta_t, theta0)
@@ -269,17 +297,15 @@ def run_comparison(cfg: RunConfig) -> Comparison:
 
 
 def _losses(f, y) -> list:
-    """MSE 1/(2N) sum ||f - y||^2 per step of a (T+1, N, C) trajectory."""
-    f, y = np.asarray(f), np.asarray(y)
-    return [float(v) for v in 0.5 * np.mean(np.sum((f - y[None]) ** 2, axis=-1), axis=-1)]
+    """The MSE per step of a (T+1, N, C) trajectory (``dynamics.loss_curve``)."""
+    from .dynamics import loss_curve
+    return [float(v) for v in np.asarray(loss_curve(f, y))]
 
 
-def _errors(f_nn, f_pred, scale) -> Optional[list]:
-    """||f_t^NN - f_t^pred|| / scale per step."""
-    if f_pred is None:
-        return None
-    d = np.asarray(f_nn) - np.asarray(f_pred)
-    return [float(v) for v in np.linalg.norm(d.reshape(d.shape[0], -1), axis=1) / scale]
+def _errors(f_nn, f_pred, f0, y) -> Optional[list]:
+    """e_t = ||f_t^NN - f_t^pred|| / ||f_0(X) - y|| per step (``dynamics.trajectory_error``)."""
+    from .dynamics import trajectory_error
+    return None if f_pred is None else [float(v) for v in np.asarray(trajectory_error(f_nn, f_pred, f0, y))]
 
 
 def _max(v):
@@ -288,11 +314,10 @@ def _max(v):
 
 def summarize(c: Comparison) -> dict:
     """JSON-able numbers of a comparison (per-step lists and scalar diagnostics)."""
-    from .dynamics import isotropy_error, spectrum
+    from .dynamics import isotropy_error, one_step_ratio, spectrum
     y, yt = np.asarray(c.data.y_train), np.asarray(c.data.y_test)
     f_nn, ft_nn = np.asarray(c.nn.f_train), np.asarray(c.nn.f_test)
     r0 = f_nn[0] - y
-    scale = float(np.linalg.norm(r0))
     out = {"n_train": int(y.shape[0]), "n_test": int(yt.shape[0]), "widths": list(c.model.widths),
            "n_params": int(c.model.n_params), "lr": c.lr, "rho": c.rho, "alpha": _f(c.alpha),
            "alpha_paper": _f(c.alpha_paper), "steps": list(range(f_nn.shape[0]))}
@@ -303,14 +328,14 @@ def summarize(c: Comparison) -> dict:
         p = c.pred.get(kind)
         out["loss_train"][kind] = None if p is None else _losses(p.train, y)
         out["loss_test"][kind] = None if p is None or p.test is None else _losses(p.test, yt)
-        out["err_train"][kind] = None if p is None else _errors(f_nn, p.train, scale)
-        out["err_test"][kind] = None if p is None or p.test is None else _errors(ft_nn, p.test, scale)
+        out["err_train"][kind] = None if p is None else _errors(f_nn, p.train, f_nn[0], y)
+        out["err_test"][kind] = None if p is None or p.test is None else _errors(ft_nn, p.test, f_nn[0], y)
     # the isotropic theory itself (rho -> 0, infinite width): f_t - y = (1 - eta alpha)^t (f_0 - y)
     ideal = None
     if c.alpha is not None:
         t = np.arange(f_nn.shape[0], dtype=float)[:, None, None]
         ideal = y[None] + (1.0 - c.lr * c.alpha) ** t * r0[None]
-    out["err_train"]["ideal"] = _errors(f_nn, ideal, scale)
+    out["err_train"]["ideal"] = _errors(f_nn, ideal, f_nn[0], y)
     e = out["err_train"]
     out["err_emp_max"], out["err_an_max"] = _max(e["empirical"]), _max(e["analytic"])
     out["err_ideal_max"] = _max(e["ideal"])
@@ -322,8 +347,8 @@ def summarize(c: Comparison) -> dict:
     out["iso_err"] = None if c.alpha is None else isotropy_error(c.theta_g, c.alpha)
     pe = c.pred["empirical"]
     if f_nn.shape[0] > 1:
-        out["ratio_nn"] = float(np.linalg.norm(f_nn[1] - y) / scale)
-        out["ratio_pred"] = float(np.linalg.norm(np.asarray(pe.train[1]) - y) / scale)
+        out["ratio_nn"] = one_step_ratio(f_nn[1], f_nn[0], y)
+        out["ratio_pred"] = one_step_ratio(pe.train[1], f_nn[0], y)
         out["loss_ratio_nn"] = out["loss_train"]["nn"][1] / out["loss_train"]["nn"][0]
     else:
         out["ratio_nn"] = out["ratio_pred"] = out["loss_ratio_nn"] = None
@@ -345,6 +370,8 @@ def sweep_point(config: dict) -> dict:
     """Point function of sweeps: ``compare`` of ``RunConfig.from_dict(config)`` in its dtype.
 
     Drops the per-step test-loss predictions to keep records small (errors per step stay)."""
+    from .plugins import load_plugins
+    load_plugins()  # a user's methods in a sweep worker process ($NTK_NGD_PLUGINS)
     cfg = RunConfig.from_dict(config)
     with precision(cfg.dtype), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. unit_wise's "rho not << 1/M" on purpose in damping sweeps
@@ -724,7 +751,6 @@ def claim_damping_tradeoff(ds: dict, method: str) -> Claim:
 # ----------------------------------------------------------------------------- reproduction plan
 PAPER = dict(n_train=100, n_test=50, width=4096, depth=3, activation="relu", sigma_w=2 ** 0.5, sigma_b=0.0,
              damping=0.0, lr="optimal", classes=(0, 1))
-ISOTROPIC = ("exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise")
 
 
 @dataclass(frozen=True)
@@ -743,7 +769,7 @@ class ReproduceConfig:
     depth: int = 3
     steps: Optional[int] = None
     seed: int = 0
-    methods: tuple = METHOD_NAMES
+    methods: Optional[tuple] = None
     unit_wise_damping: float = 1e-6
     forster_n_train: int = 96
     sweep_widths: Optional[tuple] = None
@@ -757,13 +783,14 @@ class ReproduceConfig:
     def resolved(self) -> "ReproduceConfig":
         q, digits = self.quick, self.dataset == "digits"
         d = dict(
+            methods=tuple(self.methods or paper_methods()),
             n_train=self.n_train or (32 if digits else PAPER["n_train"]),
             n_test=self.n_test or (64 if digits else PAPER["n_test"]),
             width=self.width or (1024 if q else PAPER["width"]),
             steps=self.steps or (4 if q else 6),
             sweep_widths=tuple(self.sweep_widths or ((256, 512, 1024) if q else tuple(2 ** k for k in range(8, 13)))),
             sweep_seeds=tuple(self.sweep_seeds or ((0, 1) if q else (0, 1, 2))),
-            sweep_methods=tuple(self.sweep_methods or (("exact", "kfac") if q else ISOTROPIC[:4])),
+            sweep_methods=tuple(self.sweep_methods or (("exact", "kfac") if q else isotropic_methods("finite"))),
             damping_widths=tuple(self.damping_widths or ((256, 1024) if q else (256, 1024, 4096))),
             damping_values=tuple(self.damping_values or ((0.0, 1e-6, 1e-4, 1e-2) if q else
                                                          (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1))),
@@ -793,7 +820,7 @@ def paper_dynamics(rc: ReproduceConfig, progress=None) -> tuple[dict, list]:
                       {"method": "unit_wise", "damping": r.unit_wise_damping, "damping_scale": "per_width"}))
     dyn = training_dynamics(method_runs(base, r.methods, extra), progress)
     uw = [k for k in dyn if k.startswith("unit_wise (")]
-    iso = [m for m in ISOTROPIC if m in dyn and m != "unit_wise"]
+    iso = [m for m in isotropic_methods("finite") if m in dyn]
     claims = [claim_one_step(dyn, iso)]
     if "unit_wise" in dyn:
         c = claim_one_step(dyn, ["unit_wise"])

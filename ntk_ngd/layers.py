@@ -68,15 +68,16 @@ def grams(f1: Factors, f2: Factors | None = None) -> Grams:
     return Grams(KH, KD)
 
 
-def expand(KH, C: int):
-    """KH (N1, N2) -> KH (x) 1_{C x C}, (N1 C, N2 C) with (sample, output) ordering."""
-    return jnp.repeat(jnp.repeat(KH, C, axis=0), C, axis=1)
+def expand(KH, C: int, C2: int | None = None):
+    """KH (N1, N2) -> KH (x) 1_{C x C2}, (N1 C, N2 C2) with (sample, output) ordering (C2 = C by default)."""
+    return jnp.repeat(jnp.repeat(KH, C, axis=0), C if C2 is None else C2, axis=1)
 
 
 def layer_kernels(g: Grams) -> jnp.ndarray:
-    """Theta_l = KD_l o (KH_l (x) 1 1^T): (L, N1 C, N2 C)."""
-    C = g.KD[0].shape[0] // g.KH[0].shape[0]
-    return jnp.stack([kd * expand(kh, C) for kh, kd in zip(g.KH, g.KD)])
+    """Theta_l = KD_l o (KH_l (x) 1 1^T): (L, N1 C1, N2 C2) (C1 = C2 = C but for statistic Grams)."""
+    c1 = g.KD[0].shape[0] // g.KH[0].shape[0]
+    c2 = g.KD[0].shape[1] // g.KH[0].shape[1]
+    return jnp.stack([kd * expand(kh, c1, c2) for kh, kd in zip(g.KH, g.KD)])
 
 
 def empirical_layerwise_ntk(model, params, x1, x2=None) -> jnp.ndarray:

@@ -1,5 +1,6 @@
-"""Peak-memory estimates (bytes) for the NGD steps, the dense-Jacobian baseline and the kernel
-builds, and ``choose_chunk`` to size the chunked / tiled paths for a memory budget.
+"""Peak-memory estimates (bytes) for the NGD steps and the kernel builds, and ``choose_chunk`` to
+size the chunked / tiled paths for a memory budget. (The benchmark's dense-Jacobian baseline has
+its own per-method memory table, ``estimate`` in benchmarks/baseline.py.)
 
 Conventions (THEORY sections 1-2): an MLP with widths (M_0, M, ..., M, C), L weight layers
 (L - 1 hidden layers of width M), N samples, s bytes per element (8 float64, 4 float32),
@@ -34,24 +35,6 @@ and the direction):
                                    shifted copy and Cholesky factor, right-hand side and solution]
       diagonal                     2 P_max                          [1/(diag F + rho) and J^T g blocks]
 
-Dense baseline (benchmarks/bench.py: J by per-sample ``jax.jacrev`` of the flat parameter vector,
-then dense linear algebra):
-
-    params, updated params, direction     3 P + N (M_0 + C)
-    J (N C, P) and its pieces             4 N C P   (the per-layer cotangents of the flat vector are
-                                          padded to P and summed, then J is reshaped: about four
-                                          J-sized buffers in XLA's assignment); 0 for gd and kfac,
-                                          whose J^T g XLA fuses into the batched backward pass
-    activations                           2 N sum_l M_l
-    method:
-      gd, diagonal                        0 / P [diag F]
-      exact                               2 (N C)^2 [J J^T and its LU]
-      block_diagonal                      2 L (N C)^2
-      block_tridiagonal                   L (N C)^2 + 2 (L N C)^2
-      kfac                                sum_l 2 ((M_{l-1}+1)^2 + M_l^2) [A, B and eigenvectors]
-                                          + 2 P_max [rotated gradient block] + activations, deltas
-      unit_wise                           2 max_l M_l (N C)^2 [per-unit kernels J_i J_i^T and LU]
-
 Kernel builds: layer Grams from the factors (params path: params + factors + Grams), the same
 with weights generated per tile (no params: one weight tile of ``tile`` rows, its random bits),
 and the analytic kernels over square input tiles (per pair of a tile: (4 L + 3) words for the
@@ -63,8 +46,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
-METHODS = ("gd", "exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise", "diagonal")
 
 
 def dtype_bytes(dtype) -> int:
@@ -114,11 +95,6 @@ def _estimate(terms: dict, s: int) -> Estimate:
     return Estimate(sum(terms.values()), terms)
 
 
-def _check_method(method):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-
-
 def activation_count(N: int, C: int, widths) -> int:
     """h~ (N, M_{l-1}+1), delta (N, M_l, C), u_l and phi'(u_l) (N, M_l) for hidden l: elements."""
     L = len(widths) - 1
@@ -134,69 +110,24 @@ def unit_chunk_count(N: int, C: int, chunk: int) -> int:
     return chunk * (3 * nc * nc + 2 * nc)
 
 
-def step_estimate(method: str, N: int, C: int, M: int, L: int, M0: int, dtype="float64",
+def step_estimate(method, N: int, C: int, M: int, L: int, M0: int, dtype="float64",
                   chunk: int = 256, widths=None) -> Estimate:
-    """Peak bytes of one structured NGD step (direction + update) for ``method``.
+    """Peak bytes of one structured NGD step (direction + update) for ``method`` (a registered name
+    or a method object): arguments, outputs and activations plus the method's ``memory_terms``.
 
     ``widths`` overrides (M_0, M, ..., M, C) for non-uniform networks; ``chunk`` is the
-    unit-wise chunk (units solved at once).
+    unit-wise chunk (units solved at once) for a method named by a string that has that option.
     """
-    _check_method(method)
+    from .curvature import get_method
+    m = get_method(method)
+    if isinstance(method, str) and "chunk" in m.options():
+        m = get_method(method, chunk=int(chunk))
     w = widths_of(M, L, M0, C) if widths is None else tuple(widths)
-    L, C, M0 = len(w) - 1, w[-1], w[0]
-    s, nc = dtype_bytes(dtype), N * C
-    P, Pm = n_params(w), max_block(w)
+    C, M0 = w[-1], w[0]
+    s, P = dtype_bytes(dtype), n_params(w)
     t = {"params": P, "inputs": N * (M0 + C), "updated params": P, "direction": P,
          "activations": activation_count(N, C, w)}
-    grams = L * N * N + 2 * L * nc * nc
-    if method == "exact":
-        t["grams + kernels"] = grams
-        t["solve"] = 2 * nc * nc
-    elif method == "block_diagonal":
-        t["grams + kernels"] = grams
-        t["solve"] = 2 * L * nc * nc
-    elif method == "block_tridiagonal":
-        t["grams + kernels"] = grams
-        t["solve"] = 2 * (L * nc) ** 2
-    elif method == "kfac":
-        t["factor Grams + eigenvectors"] = L * (2 * (nc * nc + N * N) + 2 * nc * N)
-        t["core products"] = max(nc * (k + 1) for k in w[:-1])
-    elif method == "unit_wise":
-        units = max(w[1:])
-        t["unit Grams"] = nc * nc
-        t["unit chunk"] = unit_chunk_count(N, C, min(chunk, units))
-    elif method == "diagonal":
-        t["inverse diagonal + gradient"] = 2 * Pm
-    return _estimate(t, s)
-
-
-def baseline_estimate(method: str, N: int, C: int, M: int, L: int, M0: int, dtype="float64",
-                      widths=None) -> Estimate:
-    """Peak bytes of one dense-Jacobian baseline step (benchmarks/bench.py) for ``method``."""
-    _check_method(method)
-    w = widths_of(M, L, M0, C) if widths is None else tuple(widths)
-    L, C, M0 = len(w) - 1, w[-1], w[0]
-    s, nc = dtype_bytes(dtype), N * C
-    P, Pm = n_params(w), max_block(w)
-    # J is materialized only when more than J^T g is needed: for gd and kfac XLA contracts J^T g
-    # into the per-sample backward passes (observed in the compiled baseline: no (N C, P) buffer)
-    jac = 0 if method in ("gd", "kfac") else 4 * nc * P
-    t = {"params": P, "inputs": N * (M0 + C), "updated params": P, "direction": P,
-         "jacobian": jac, "activations": 2 * N * sum(w[1:])}
-    if method == "exact":
-        t["kernel solve"] = 2 * nc * nc
-    elif method == "block_diagonal":
-        t["kernel solve"] = 2 * L * nc * nc
-    elif method == "block_tridiagonal":
-        t["kernel solve"] = L * nc * nc + 2 * (L * nc) ** 2
-    elif method == "kfac":
-        t["factors + eigenvectors"] = sum(2 * ((k + 1) ** 2 + m * m) for k, m in zip(w[:-1], w[1:]))
-        t["rotated gradient"] = 2 * Pm
-        t["h~, delta"] = activation_count(N, C, w)
-    elif method == "unit_wise":
-        t["unit kernels"] = 2 * max(w[1:]) * nc * nc
-    elif method == "diagonal":
-        t["diag F"] = P
+    t.update(m.memory_terms(N, C, w))
     return _estimate(t, s)
 
 
@@ -329,6 +260,6 @@ def choose_chunk(kind: str, budget_bytes: float, *, N: int | None = None, C: int
     return max(int(minimum), c)
 
 
-__all__ = ["METHODS", "Estimate", "dtype_bytes", "widths_of", "n_params", "max_block", "fmt_bytes",
-           "activation_count", "unit_chunk_count", "step_estimate", "baseline_estimate", "gram_build_estimate",
+__all__ = ["Estimate", "dtype_bytes", "widths_of", "n_params", "max_block", "fmt_bytes",
+           "activation_count", "unit_chunk_count", "step_estimate", "gram_build_estimate",
            "analytic_pair_words", "analytic_estimate", "available_bytes", "check_fits", "choose_chunk"]

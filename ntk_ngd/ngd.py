@@ -1,6 +1,8 @@
 """Parameter-space NGD steps: ``ngd_direction`` for every method and loss (THEORY sections 2, 4, 7)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,8 @@ def check_data(model, x, y):
 def direction_fn(model, method, rho: float, loss: str = "mse", n_train=None, **options):
     """A pure function (params, x, y) -> W~ blocks of the direction, for jit (rho is static).
 
-    Checks the method's conditions for ``n_train`` samples once, here.
+    ``method`` is a registered name (with ``options``) or a method object. Checks the method's
+    conditions for ``n_train`` samples once, here.
     """
     if loss == "cross_entropy":
         if options:
@@ -51,18 +54,34 @@ def direction_fn(model, method, rho: float, loss: str = "mse", n_train=None, **o
     return fn
 
 
+@functools.lru_cache(maxsize=64)
+def compiled_direction(model, method, rho: float, loss: str = "mse"):
+    """The jit-compiled direction function of (model, method object or CE name, rho, loss), cached:
+    repeated ``ngd_direction`` calls reuse it (jit caches the compilation per input shape)."""
+    return jax.jit(direction_fn(model, method, rho, loss))
+
+
 def ngd_direction(model, params, x, y, method, damping=0.0, loss="mse", **options):
     """Direction d (params layout) such that theta <- theta - eta d.
 
-    method: gd, exact, block_diagonal, block_tridiagonal, kfac (damping_mode "tikhonov" |
-    "factored", forster), unit_wise, diagonal; with loss="cross_entropy": gd, exact, exact_mse.
+    method: a registered name (gd, exact, block_diagonal, block_tridiagonal, kfac (damping_mode
+    "tikhonov" | "factored", forster), unit_wise, diagonal, or a user's) with its options, or a
+    method object; with loss="cross_entropy": gd, exact, exact_mse.
     d = (G + rho I)^+ grad computed through N C x N C kernel-space systems (J is never formed).
     """
     rho = check_damping(damping)
     model.check_params(params)
     x, y = check_data(model, x, y)
-    d = jax.jit(direction_fn(model, method, rho, loss, n_train=x.shape[0], **options))(params, x, y)
+    if loss == "mse":
+        method = get_method(method, **options)
+        method.check(model, x.shape[0], rho)
+    elif options:
+        raise ValueError(f"cross-entropy methods take no options {sorted(options)}")
+    else:
+        losses.check_ce(model, method, rho)
+    d = compiled_direction(model, method, rho, loss)(params, x, y)
     if not all(bool(jnp.all(jnp.isfinite(b))) for b in d):
-        raise ValueError(f"{method}: the kernel-space system is singular at damping={rho} and has no "
+        label = method.name if loss == "mse" else method
+        raise ValueError(f"{label}: the kernel-space system is singular at damping={rho} and has no "
                          "pseudo-inverse solution here; use damping > 0")
     return to_params(d)

@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from . import losses
+from .curvature import get_method
 from .dynamics import empirical_source, optimal_lr, preconditioned_kernel
-from .layers import from_params, to_params
+from .layers import factors, from_params, to_params
 from .ngd import check_damping, check_data, direction_fn
 
 
@@ -48,16 +49,18 @@ def resolve_lr(lr, model, method, x, params, rho, loss="mse", **options) -> floa
         raise ValueError(f"lr must be a number, 'optimal' or 'paper', got {lr!r}")
     if loss == "cross_entropy":
         raise ValueError("give cross-entropy training a numeric lr")
+    m = get_method(method, **options)
     convention = "paper" if lr == "paper" else "theory"
     theta_g = None
-    from .curvature import get_method
-    if get_method(method, **options).alpha(model, x.shape[0]) is None:
-        theta_g, _ = preconditioned_kernel(method, empirical_source(model, params, x), rho, **options)
-    return optimal_lr(method, model, x.shape[0], theta_g, convention, **options)
+    if m.alpha(model, x.shape[0]) is None:
+        theta_g, _ = preconditioned_kernel(m, empirical_source(model, params, x), rho)
+    return optimal_lr(m, model, x.shape[0], theta_g, convention)
 
 
 def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss="mse", **options) -> TrainResult:
-    """Train with theta <- theta - lr d(method) for ``steps`` steps (one jit-compiled scan)."""
+    """Train with theta <- theta - lr d(method) for ``steps`` steps (one jit-compiled scan).
+
+    ``method``: a registered name with its ``options``, or a method object."""
     rho = check_damping(damping)
     model.check_params(params)
     x, y, xt, yt = split_data(data)
@@ -66,9 +69,13 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
         xt, yt = check_data(model, xt, yt)
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps}")
+    if loss == "mse":
+        method = get_method(method, **options)
+        options = {}
     eta = resolve_lr(lr, model, method, x, params, rho, loss, **options)
     fn = direction_fn(model, method, rho, loss, n_train=x.shape[0], **options)
     loss_fn = losses.mse if loss == "mse" else losses.cross_entropy
+    stateful = loss == "mse" and method.stateful
 
     def outputs(blocks):
         p = to_params(blocks)
@@ -76,18 +83,33 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
 
     @jax.jit
     def run(blocks):
-        def step(b, _):
-            d = fn(to_params(b), x, y)
-            return [bl - eta * dl for bl, dl in zip(b, d)], outputs(b)
-        final, (ft, fx) = jax.lax.scan(step, blocks, None, length=int(steps))
+        # stateful methods (THEORY section 9: a held GFIM, accumulated Shampoo factors) carry their
+        # state through the scan: state_t = update(state_{t-1}, factors_t, r_t), d_t uses state_t
+        def inputs(b):
+            p = to_params(b)
+            return factors(model, p, x), model.apply(p, x) - y
+
+        def step(carry, t):
+            b, state = carry
+            if stateful:
+                fac, g = inputs(b)
+                state = method.update(state, fac, g, rho, t)
+                d = method.direction(fac, g, rho, state)
+            else:
+                d = fn(to_params(b), x, y)
+            return ([bl - eta * dl for bl, dl in zip(b, d)], state), outputs(b)
+
+        state0 = method.init(*inputs(blocks), rho) if stateful else ()
+        (final, _), (ft, fx) = jax.lax.scan(step, (blocks, state0), jnp.arange(int(steps)))
         last = outputs(final)
         ft = jnp.concatenate([ft, last[0][None]])
         fx = None if xt is None else jnp.concatenate([fx, last[1][None]])
         return final, ft, fx
 
     final, ft, fx = run(from_params(params))
+    label = method.name if loss == "mse" else str(method)
     if not bool(jnp.all(jnp.isfinite(ft))):
-        raise FloatingPointError(f"{method}: training diverged or hit a singular system (lr={eta}, damping={rho})")
+        raise FloatingPointError(f"{label}: training diverged or hit a singular system (lr={eta}, damping={rho})")
     lt = jax.vmap(lambda f: loss_fn(f, y))(ft)
     lx = None if xt is None else jax.vmap(lambda f: loss_fn(f, yt))(fx)
-    return TrainResult(ft, fx, lt, lx, to_params(final), eta, str(method), rho)
+    return TrainResult(ft, fx, lt, lx, to_params(final), eta, label, rho)

@@ -1,6 +1,8 @@
 """benchmarks/bench.py (quick run, JSON fields, structured-vs-dense agreement), its dense baseline
-against the test oracle, the GPU guard, and ntk_ngd.sharding (tiled weights, sample sharding over
-two host devices). No timed assertions."""
+(benchmarks/baseline.py: against the test oracle, and for every registered method, a user's one
+included, against the structured step), the GPU guard, and ntk_ngd.sharding (tiled weights, sample
+sharding over two host devices). No timed assertions."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,16 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntk_ngd import MLP, layers, sharding
+from ntk_ngd import MLP, layers, ngd_direction, sharding
+from ntk_ngd.curvature import PerLayer, get_method, method_class, method_names, register_method, unregister_method
 from ntk_ngd.layers import from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import baseline  # noqa: E402
 import bench  # noqa: E402  (no numpy/jax at import time)
 import oracle  # noqa: E402
 
-METHODS = ["gd", "exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise", "diagonal"]
+METHODS = list(method_names())
 
 
 def _env(**extra):
@@ -114,7 +118,7 @@ def test_dense_baseline_matches_oracle(method):
         for rho in (0.0, 1e-3):
             if method == "block_tridiagonal" and rho == 0.0:
                 continue  # the baseline uses lstsq on the non-symmetric coupled system at rho = 0
-            step = bench.baseline_step(model, method, rho, 4, 0.1)
+            step = baseline.baseline_step(model, method, rho, 4, 0.1)
             _, d = step(theta, x, y)
             ref = oracle.direction(model, params, x, y, method, rho)
             err = np.linalg.norm(np.asarray(d) - ref) / np.linalg.norm(ref)
@@ -137,11 +141,89 @@ def test_structured_step_matches_baseline_in_process(N):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             new_s, d_s = bench.structured_step(model, method, rho, N, 0.1, opts)(params, x, y)
-        new_b, d_b = bench.baseline_step(model, method, rho, N, 0.1)(theta, x, y)
+        new_b, d_b = baseline.baseline_step(model, method, rho, N, 0.1)(theta, x, y)
         ds = bench.flat_blocks(d_s)
         assert np.linalg.norm(ds - np.asarray(d_b)) / np.linalg.norm(np.asarray(d_b)) < 1e-10, method
         ns = np.concatenate([np.asarray(b).reshape(-1) for b in from_params(new_s)])
         assert np.linalg.norm(ns - np.asarray(new_b)) <= 1e-10 * np.linalg.norm(np.asarray(new_b)), method
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTrace(PerLayer):
+    """A user's method for the registry tests: G_l = (tr F_ll / P_l) I, one scalar per layer."""
+    name = "toy_layer_trace"
+
+    def check(self, model, n, rho):
+        """No stated conditions."""
+
+    def alpha(self, model, n, convention=None):
+        return None
+
+    def layer_direction(self, H, D, g, rho):
+        n = g.shape[0]
+        grad = layers.jt_vec(layers.Factors([H], [D]), g / n)[0]
+        trace = jnp.sum(jnp.sum(D ** 2, (1, 2)) * jnp.sum(H ** 2, 1)) / n
+        return grad / (trace / grad.size + rho)
+
+    def layer_dense(self, dense, l, rho):
+        Jl = dense.layer(l)
+        return np.eye(Jl.shape[1]) / (np.sum(Jl ** 2) / dense.n / Jl.shape[1] + rho)
+
+    def memory_terms(self, N, C, widths):
+        return {}
+
+
+@pytest.fixture
+def toy_method():
+    register_method(LayerTrace)
+    yield LayerTrace.name
+    unregister_method(LayerTrace.name)
+
+
+def test_every_registered_method_has_a_baseline_equal_to_the_structured_step(toy_method):
+    """Every registered method (a user's one, registered here, included) has a dense baseline: its
+    own dense kernels (the built-ins) or the to_dense fallback; each equals ngd_direction to 1e-9,
+    and so does the fallback for every method. The memory and flop models cover them all."""
+    names = method_names()
+    assert toy_method in names and baseline.baseline_for(toy_method) is None
+    for name, b in baseline.BASELINES.items():  # every dense-kernel entry is a registered method's
+        assert name in names and isinstance(get_method(name), b.cls)
+    assert {n for n in names if method_class(n).paper} <= set(baseline.BASELINES)  # the paper's seven
+    rho, N = 1e-3, 4
+    for C, sb, act in ((1, 0.0, "relu"), (2, 0.3, "erf")):
+        model = MLP((7, 11, 9, C), act, sigma_b=sb)
+        k1, k2, k3 = jax.random.split(jax.random.PRNGKey(7), 3)
+        params = model.init(k1)
+        x = jax.random.normal(k2, (N, 7))
+        x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+        y = 0.5 * jax.random.normal(k3, (N, C))
+        theta = jnp.concatenate([b.reshape(-1) for b in from_params(params)])
+        for name in names:
+            m = get_method(name, force=C > 1)
+            assert baseline.baseline_for(m) is baseline.BASELINES.get(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                d_s = bench.flat_blocks(from_params(ngd_direction(model, params, x, y, m, rho)))
+            new_b, d_b = baseline.baseline_step(model, m, rho, N, 0.1)(theta, x, y)
+            _, d_f = baseline.dense_step(model, m, rho, 0.1)(theta, x, y)
+            for d in (d_b, d_f):
+                err = np.linalg.norm(np.asarray(d) - d_s) / np.linalg.norm(d_s)
+                assert err < 1e-9, (name, C, err)
+            np.testing.assert_allclose(np.asarray(new_b), np.asarray(theta) - 0.1 * np.asarray(d_b), rtol=1e-12)
+            est = baseline.estimate(name, N, C, 11, 3, 7, widths=model.widths)
+            assert est.total == sum(est.terms.values()) > 0
+            assert baseline.flops(name, N, C, model.widths) > 0 and bench.step_flops(name, N, C, model.widths) > 0
+    # the benchmark's --methods choices are the registry's, and the unjitted fallback step is timed
+    a = bench.parse_args(["--quick", "--methods", toy_method])
+    assert a.methods == [toy_method] and bench.parse_args(["--quick"]).methods == list(names)
+
+    class NoMemory:
+        def run(self, fn):
+            return fn(), None
+    rec, out = bench.run_case(baseline.baseline_step(model, toy_method, rho, N, 0.1), (theta, x, y),
+                              bench.parse_args(["--quick"]), NoMemory())
+    assert rec["status"] == "ok" and rec["compile_s"] is None and rec["xla_bytes"] is None
+    assert rec["median_s"] > 0 and len(out) == 2
 
 
 # --- ntk_ngd.sharding -----------------------------------------------------------------------------

@@ -64,14 +64,46 @@ def test_predictor_equals_dense_linearized_dynamics(C, rho):
 
 
 def test_predict_iterative_path_and_limits_match_eigen_path():
-    model, params, x, xt, y = setup(1)
+    """nn.predict (eigen path for a symmetric Theta_G, step-by-step iteration for a non-symmetric
+    one), train AND test rows, against the dense numpy iteration f_{t+1} = f_t - eta Theta_G (f_t - y),
+    f_{t+1}(x') = f_t(x') - eta Theta_G(x', X) (f_t - y) with Theta_G = J G^{-1} J^T / N and
+    Theta_G(x', X) = J(x') G^{-1} J^T / N formed from the oracle Jacobian (G = blockdiag_l
+    J_l^T J_l / N + rho I, block-diagonal NGD): 1e-10 relative to max |f_0 - y|."""
+    C, rho, lr, T = 2, 1e-3, 0.2, 400
+    model, params, x, xt, y = setup(C)
     src = nn.empirical_source(model, params, x, xt)
-    tg, tx = nn.preconditioned_kernel("block_diagonal", src, 1e-3)
+    tg, tx = nn.preconditioned_kernel("block_diagonal", src, rho)
     f0, fx0 = model.apply(params, x), model.apply(params, xt)
-    a = nn.predict(tg, tx, f0, fx0, y, 0.2, 400)
-    b = nn.predict(tg + 1e-6 * jnp.triu(tg, 1), tx, f0, fx0, y, 0.2, 400)  # non-symmetric: iterated
-    assert float(jnp.max(jnp.abs(a.train - b.train))) < 1e-4
-    lim_tr, lim_te = nn.predict_limit(tg, tx, f0, fx0, y, lr=0.2)
+    J, Jx = oracle.jacobian(model, params, x), oracle.jacobian(model, params, xt)
+    lay, _ = oracle.labels(model)
+    n = x.shape[0]
+    G = (J.T @ J / n) * (lay[:, None] == lay[None, :]) + rho * np.eye(J.shape[1])
+    Ginv_Jt = np.linalg.solve(G, J.T)
+    dense_tg, dense_tx = J @ Ginv_Jt / n, Jx @ Ginv_Jt / n
+    assert np.abs(np.asarray(tg) - dense_tg).max() < 1e-10 * np.abs(dense_tg).max()
+    yv = np.asarray(y).ravel()
+    scale = float(np.abs(np.asarray(f0).ravel() - yv).max())
+
+    def dense_iteration(theta, cross):
+        f, ft, tr, te = np.asarray(f0).ravel(), np.asarray(fx0).ravel(), [], []
+        for _ in range(T + 1):
+            tr.append(f)
+            te.append(ft)
+            f, ft = f - lr * theta @ (f - yv), ft - lr * cross @ (f - yv)
+        return np.array(tr), np.array(te)
+
+    perturb = 1e-6 * np.triu(dense_tg, 1)   # non-symmetric (relative asymmetry 1e-6 > 1e-10): iterated
+    errs = {}
+    for name, pkg_tg, ref_tg in (("eigen", tg, dense_tg),
+                                 ("iterate", tg + 1e-6 * jnp.triu(tg, 1), dense_tg + perturb)):
+        pred = nn.predict(pkg_tg, tx, f0, fx0, y, lr, T)
+        assert pred.train.shape == (T + 1, n, C) and pred.test.shape == (T + 1, xt.shape[0], C)
+        ref_tr, ref_te = dense_iteration(ref_tg, dense_tx)
+        errs[name] = (np.abs(np.asarray(pred.train).reshape(T + 1, -1) - ref_tr).max() / scale,
+                      np.abs(np.asarray(pred.test).reshape(T + 1, -1) - ref_te).max() / scale)
+    assert max(max(e) for e in errs.values()) < 1e-10, errs
+    a = nn.predict(tg, tx, f0, fx0, y, lr, T)
+    lim_tr, lim_te = nn.predict_limit(tg, tx, f0, fx0, y, lr=lr)
     assert float(jnp.max(jnp.abs(a.train[-1] - lim_tr))) < 1e-10
     assert float(jnp.max(jnp.abs(a.test[-1] - lim_te))) < 1e-10
     with pytest.raises(ValueError, match="unstable"):
@@ -79,17 +111,38 @@ def test_predict_iterative_path_and_limits_match_eigen_path():
 
 
 def test_gd_continuous_time_is_the_small_step_limit():
-    model, params, x, xt, y = setup(1)
-    src = nn.empirical_source(model, params, x, xt)
-    theta = jnp.sum(nn.layer_kernels(src.train), 0)
-    cross = jnp.sum(nn.layer_kernels(src.cross), 0)
-    tg, tx = nn.preconditioned_kernel("gd", src)
+    """nn.predict_gd_continuous against scipy.linalg.expm (Theta = J J^T from the oracle Jacobian):
+    f_t - y = expm(-eta t Theta / N) (f_0 - y) and f_t(x') = f_0(x') - eta (Theta(x', X) / N)
+    int_0^t expm(-eta s Theta / N) ds (f_0 - y), the integral the top-right block of
+    expm(t [[-eta Theta / N, eta I], [0, 0]]): 1e-12 relative to max |f_0 - y|, t = 0 .. past
+    convergence. Also the small-step limit of the discrete predictor (eta = 1e-3, 2000 steps)."""
+    from scipy.linalg import expm
+    model, params, x, xt, y = setup(2)
     f0, fx0 = model.apply(params, x), model.apply(params, xt)
-    lr, T = 1e-3, 2000
-    disc = nn.predict(tg, tx, f0, fx0, y, lr, [T])
-    cont = nn.predict_gd_continuous(theta, cross, f0, fx0, y, 1.0, [lr * T])
-    assert float(jnp.max(jnp.abs(disc.train - cont.train))) < 1e-3 * float(jnp.max(jnp.abs(f0 - y)))
-    assert float(jnp.max(jnp.abs(disc.test - cont.test))) < 1e-3 * float(jnp.max(jnp.abs(f0 - y)))
+    J, Jx = oracle.jacobian(model, params, x), oracle.jacobian(model, params, xt)
+    theta, cross = J @ J.T, Jx @ J.T
+    n, m = theta.shape[0], x.shape[0]
+    r0 = np.asarray(f0 - y).ravel()
+    scale = float(np.abs(r0).max())
+    lr, times = 0.7, [0.0, 1e-3, 0.1, 1.0, 3.0, 20.0, 200.0]
+    cont = nn.predict_gd_continuous(jnp.asarray(theta), jnp.asarray(cross), f0, fx0, y, lr, times)
+    A = lr * theta / m
+    aug = np.block([[-A, lr * np.eye(n)], [np.zeros((n, n)), np.zeros((n, n))]])
+    err_tr, err_te = [], []
+    for i, t in enumerate(times):
+        E = expm(t * aug)
+        ref_tr = np.asarray(y).ravel() + E[:n, :n] @ r0
+        ref_te = np.asarray(fx0).ravel() - (cross / m) @ E[:n, n:] @ r0
+        err_tr.append(np.abs(np.asarray(cont.train[i]).ravel() - ref_tr).max() / scale)
+        err_te.append(np.abs(np.asarray(cont.test[i]).ravel() - ref_te).max() / scale)
+    assert max(err_tr) < 1e-12 and max(err_te) < 1e-12, (err_tr, err_te)
+    np.testing.assert_array_equal(np.asarray(cont.steps), times)
+    # the discrete GD predictor with a small step approaches the flow (error O(eta))
+    tg, tx = nn.preconditioned_kernel("gd", nn.empirical_source(model, params, x, xt))
+    disc = nn.predict(tg, tx, f0, fx0, y, 1e-3, [2000])
+    flow = nn.predict_gd_continuous(jnp.asarray(theta), jnp.asarray(cross), f0, fx0, y, 1.0, [2.0])
+    assert float(jnp.max(jnp.abs(disc.train - flow.train))) < 1e-3 * scale
+    assert float(jnp.max(jnp.abs(disc.test - flow.test))) < 1e-3 * scale
 
 
 @pytest.mark.parametrize("L", list(range(1, 11)))
@@ -156,32 +209,68 @@ def test_diagonal_is_not_isotropic():
 
 
 def test_converged_test_predictions():
-    """Exact NGD's limit is kernel regression (GD's limit); BD averages the layer-wise regressors;
-    BTD weights them by c_l / alpha; K-FAC's operator equals the dense J(x') G^+ J^T / N."""
+    """Converged test outputs (predict_limit on the package's operators at rho = 0) against dense
+    references from the oracle Jacobian and numpy alone: exact NGD and GD give kernel regression
+    f0(x') - Theta(x', X) Theta^{-1} (f0 - y), Theta = J J^T; BD the mean of the L layer-wise
+    regressors (Theta_l = J_l J_l^T); BTD weights them by c_l / alpha, c = T^+ 1 (numpy pinv of
+    the tri-diagonal ones), alpha = 1^T c; K-FAC f0(x') - Theta_G(x', X) Theta_G^+ (f0 - y) with
+    Theta_G = J G^+ J^T / N, G^+ = blockdiag_l B_l^+ (x) A_{l-1}^+ built from a numpy forward pass
+    (h~) and the Jacobian (delta_l = J_l(x) h~ / |h~|^2)."""
     model, params, x, xt, y = setup(1, widths=(9, 20, 20), n=6)
     src = nn.empirical_source(model, params, x, xt)
-    f0, fx0 = model.apply(params, x), model.apply(params, xt)
-    th = np.asarray(nn.layer_kernels(src.train))
-    thx = np.asarray(nn.layer_kernels(src.cross))
-    r = np.asarray(f0 - y).ravel()
-    krr = np.asarray(fx0).ravel() - thx.sum(0) @ np.linalg.solve(th.sum(0), r)
-    lim = {}
-    for method in ("gd", "exact", "block_diagonal", "block_tridiagonal", "kfac"):
-        tg, tx = nn.preconditioned_kernel(method, src, 0.0)
-        lim[method] = np.asarray(nn.predict_limit(tg, tx, f0, fx0, y)[1]).ravel()
-    assert np.abs(lim["exact"] - krr).max() < 1e-10
-    assert np.abs(lim["gd"] - krr).max() < 1e-10
-    layerwise = [np.asarray(fx0).ravel() - thx[l] @ np.linalg.solve(th[l], r) for l in range(3)]
-    assert np.abs(lim["block_diagonal"] - np.mean(layerwise, 0)).max() < 1e-10
-    from ntk_ngd.curvature import coupling
-    c = coupling(3)[1]
-    btd = sum(c[l] / c.sum() * layerwise[l] for l in range(3))
-    assert np.abs(lim["block_tridiagonal"] - btd).max() < 1e-10
-    assert np.abs(lim["block_diagonal"] - lim["exact"]).max() > 1e-3  # they differ
+    f0, fx0 = np.asarray(model.apply(params, x)).ravel(), np.asarray(model.apply(params, xt)).ravel()
     J, Jx = oracle.jacobian(model, params, x), oracle.jacobian(model, params, xt)
-    op = Jx @ oracle.inverse_preconditioner(model, params, x, "kfac", 0.0) @ J.T / 6
-    alpha = nn.isotropy_constant("kfac", model, 6)
-    assert np.abs(lim["kfac"] - (np.asarray(fx0).ravel() - op @ r / alpha)).max() < 1e-9
+    lay, _ = oracle.labels(model)
+    L, n = model.depth, x.shape[0]
+    r = f0 - np.asarray(y).ravel()
+    th = [J[:, lay == l] @ J[:, lay == l].T for l in range(L)]
+    thx = [Jx[:, lay == l] @ J[:, lay == l].T for l in range(L)]
+    krr = fx0 - (Jx @ J.T) @ np.linalg.solve(J @ J.T, r)
+    layerwise = [fx0 - thx[l] @ np.linalg.solve(th[l], r) for l in range(L)]
+    T = (np.abs(np.subtract.outer(np.arange(L), np.arange(L))) <= 1).astype(float)
+    c = np.linalg.pinv(T) @ np.ones(L)
+    np.testing.assert_allclose(c, [0.0, 1.0, 0.0], atol=1e-14)   # L = 3: only the middle layer moves
+    btd = sum(c[l] / c.sum() * layerwise[l] for l in range(L))
+
+    # K-FAC, dense: h~_{l-1} by a numpy forward pass, delta_l from the Jacobian rows delta (x) h~
+    def h_tilde(xs):
+        h, out = np.asarray(xs), []
+        for l, p in enumerate(params):
+            out.append(np.concatenate([model.sigma_w * h / np.sqrt(h.shape[1]),
+                                       np.full((h.shape[0], 1), model.sigma_b)], 1))
+            u = out[-1] @ np.concatenate([np.asarray(p["W"]), np.asarray(p["b"])[:, None]], 1).T
+            h = np.maximum(u, 0.0)   # relu
+        return out
+
+    hs = h_tilde(x)
+    blocks = []
+    for l in range(L):
+        H = hs[l]
+        Jl = J[:, lay == l].reshape(n, -1, H.shape[1])           # rows delta_n (x) h~_n, (N, M_l, M_{l-1} + 1)
+        D = np.einsum("nij,nj->ni", Jl, H) / np.sum(H * H, 1)[:, None]
+        assert np.abs(Jl - D[:, :, None] * H[:, None, :]).max() < 1e-12 * np.abs(Jl).max()
+        A, B = H.T @ H / n, D.T @ D / n
+        blocks.append(np.kron(np.linalg.pinv(B, rcond=1e-12, hermitian=True),
+                              np.linalg.pinv(A, rcond=1e-12, hermitian=True)))
+    from scipy.linalg import block_diag
+    Ginv = block_diag(*blocks)
+    tg_kfac, tx_kfac = J @ Ginv @ J.T / n, Jx @ Ginv @ J.T / n
+    kfac = fx0 - tx_kfac @ np.linalg.pinv(tg_kfac, rcond=1e-12, hermitian=True) @ r
+    # the package's K-FAC operators themselves (rho = 0) equal the dense ones
+    tg_pkg, tx_pkg = nn.preconditioned_kernel("kfac", src, 0.0)
+    assert np.abs(np.asarray(tg_pkg) - tg_kfac).max() < 1e-10 * np.abs(tg_kfac).max()
+    assert np.abs(np.asarray(tx_pkg) - tx_kfac).max() < 1e-10 * np.abs(tx_kfac).max()
+
+    ref = {"gd": krr, "exact": krr, "block_diagonal": np.mean(layerwise, 0), "block_tridiagonal": btd,
+           "kfac": kfac}
+    errs = {}
+    for method, want in ref.items():
+        tg, tx = nn.preconditioned_kernel(method, src, 0.0)
+        got = np.asarray(nn.predict_limit(tg, tx, jnp.asarray(f0)[:, None], jnp.asarray(fx0)[:, None], y)[1]).ravel()
+        errs[method] = np.abs(got - want).max() / np.abs(r).max()
+    assert max(errs.values()) < 1e-10, errs
+    assert np.abs(ref["block_diagonal"] - krr).max() > 1e-3 * np.abs(r).max()   # they differ
+    assert np.abs(ref["kfac"] - krr).max() > 1e-3 * np.abs(r).max()
 
 
 def test_analytic_source_operators():

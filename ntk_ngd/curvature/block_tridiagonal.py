@@ -6,13 +6,19 @@ At rho = 0: Theta_l v_l = c_l g + sum_j Z_lj w_j with c = T^+ 1, Z a basis of nu
 (non-empty exactly when L = 3s + 2) and w fixed by v in range(T (x) I): the minimum-norm
 (pseudo-inverse) solution, which is also the rho -> 0 limit. alpha = 1^T T^+ 1 = ceil(L / 3).
 """
+from __future__ import annotations
+
+import dataclasses
 import warnings
+from typing import final
 
 import jax.numpy as jnp
 import numpy as np
 
 from ..linalg import psd_solve
-from .base import LayerDual
+from .base import LayerDual, kernel_grams
+from .dense import sym_inverse
+from .registry import register_method
 
 
 def tridiagonal_ones(L: int) -> np.ndarray:
@@ -28,14 +34,21 @@ def coupling(L: int):
     return T, np.linalg.pinv(T) @ np.ones(L), V[:, null]
 
 
+@register_method(builtin=True)
+@final
+@dataclasses.dataclass(frozen=True)
 class BlockTridiagonal(LayerDual):
     name = "block_tridiagonal"
-    isotropic = True
+    isotropy = "finite"
+    paper = True
 
     def check(self, model, n, rho):
         if rho == 0 and model.depth % 3 == 2:
             warnings.warn(f"block_tridiagonal: T is singular for L = {model.depth} (= 3s + 2); at rho = 0 "
                           "the pseudo-inverse (minimum-norm) step is used", stacklevel=3)
+
+    def alpha(self, model, n, convention=None):
+        return float(np.sum(coupling(model.depth)[1]))
 
     def dual(self, thetas, shift, R):
         L, nc, _ = thetas.shape
@@ -55,5 +68,12 @@ class BlockTridiagonal(LayerDual):
             v = v + jnp.einsum("la,lij,ajk->lik", Zj, Q, w)
         return v
 
-    def alpha(self, model, n, **kw):
-        return float(np.sum(coupling(model.depth)[1]))
+    def to_dense(self, dense, rho):
+        """The masked Fisher (blocks |l - k| <= 1) and its (pseudo-)inverse."""
+        layer = np.concatenate([np.full(o1 - o0, l) for l, (o0, o1) in
+                                enumerate(zip(dense.offsets[:-1], dense.offsets[1:]))])
+        G = dense.fisher * (np.abs(layer[:, None] - layer[None, :]) <= 1)
+        return sym_inverse(G, rho)
+
+    def memory_terms(self, N, C, widths):
+        return {"grams + kernels": kernel_grams(N, C, widths), "solve": 2 * ((len(widths) - 1) * N * C) ** 2}

@@ -5,11 +5,18 @@ the pseudo-inverse (0) where diag vanishes at rho = 0. Function space:
 Theta_G = (1/N) sum_l sum_i (delta_i delta_i^T) o (H diag(w_i) H^T), w = 1 / (diag + rho): a
 reweighted NTK with a spread spectrum (not isotropic). Needs the factors (no analytic source).
 """
-import jax.numpy as jnp
+from __future__ import annotations
 
-from ..layers import jt_vec
+import dataclasses
+from typing import final
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..layers import Factors, jt_vec
 from ..linalg import chunked_sum
-from .base import Preconditioner
+from .base import PerLayer
+from .registry import register_method
 
 
 def inverse_diagonal(H, D, rho):
@@ -21,32 +28,54 @@ def inverse_diagonal(H, D, rho):
     return 1.0 / (diag + rho)
 
 
-class Diagonal(Preconditioner):
+@register_method(builtin=True)
+@final
+@dataclasses.dataclass(frozen=True)
+class Diagonal(PerLayer):
     name = "diagonal"
+    analytic = False
+    paper = True
+    chunk: int = 128
 
-    def __init__(self, chunk: int = 128, force: bool = False):
-        self.chunk, self.force = chunk, force
+    def check(self, model, n, rho):
+        """No stated conditions (diag F = 0 entries get the pseudo-inverse 0 at rho = 0)."""
 
-    def direction(self, fac, g, rho):
-        grads = jt_vec(fac, g / g.shape[0])
-        return [gr * inverse_diagonal(H, D, rho) for gr, H, D in zip(grads, fac.H, fac.D)]
+    def alpha(self, model, n, convention=None):
+        return None
+
+    def layer_direction(self, H, D, g, rho):
+        grad = jt_vec(Factors([H], [D]), g / g.shape[0])[0]
+        return grad * inverse_diagonal(H, D, rho)
 
     def kernel(self, src, rho):
-        if src.fac_train is None:
+        if not src.empirical:
             raise ValueError("diagonal NGD has no analytic (infinite-width) operator: use an empirical source")
+        return super().kernel(src, rho)
+
+    def layer_kernel(self, src, l, rho):
         n = src.n
-        pairs = [(src.fac_train, src.fac_train)] + ([] if src.cross is None else [(src.fac_test, src.fac_train)])
-        out = []
-        for fa, fb in pairs:
-            total = 0.0
-            for Ha, Da, Hb, Db in zip(fa.H, fa.D, fb.H, fb.D):
-                w = inverse_diagonal(Hb, Db, rho)
+        Hb, Db = src.fac_train.H[l], src.fac_train.D[l]
+        w = inverse_diagonal(Hb, Db, rho)
 
-                def chunk(idx, valid):
-                    Q = jnp.einsum("aj,ij,bj->iab", Ha, w[idx] * valid[:, None], Hb)
-                    return jnp.einsum("aic,bid,iab->acbd", Da[:, idx], Db[:, idx], Q)
+        def block(Ha, Da):
+            def chunk(idx, valid):
+                Q = jnp.einsum("aj,ij,bj->iab", Ha, w[idx] * valid[:, None], Hb)
+                return jnp.einsum("aic,bid,iab->acbd", Da[:, idx], Db[:, idx], Q)
 
-                s = chunked_sum(chunk, w.shape[0], min(self.chunk, w.shape[0]))
-                total = total + s.reshape(s.shape[0] * s.shape[1], -1) / n
-            out.append(total)
-        return out[0], (out[1] if len(out) > 1 else None)
+            s = chunked_sum(chunk, w.shape[0], min(self.chunk, w.shape[0]))
+            return s.reshape(s.shape[0] * s.shape[1], -1) / n
+
+        cross = None if src.cross is None else block(src.fac_test.H[l], src.fac_test.D[l])
+        return block(Hb, Db), cross
+
+    def layer_dense(self, dense, l, rho):
+        Jl = dense.layer(l)
+        diag = np.sum(Jl ** 2, axis=0) / dense.n
+        if rho > 0:
+            return np.diag(1.0 / (diag + rho))
+        keep = diag > np.finfo(float).eps * np.max(diag)
+        return np.diag(np.where(keep, 1.0 / np.where(keep, diag, 1.0), 0.0))
+
+    def memory_terms(self, N, C, widths):
+        from ..memory import max_block
+        return {"inverse diagonal + gradient": 2 * max_block(widths)}

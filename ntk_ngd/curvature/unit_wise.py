@@ -13,15 +13,22 @@ All units of a layer are solved as a batch (vmap over chunks of units, no Python
 set (``ntk_ngd.memory.choose_chunk``: 64 at N C = 100), about the last-level cache of a small CPU:
 on 2 cores, N = 100, M = 4096, chunk 64 measured 1.1-1.4x faster than 256 (benchmarks/README.md).
 """
+from __future__ import annotations
+
+import dataclasses
 import warnings
+from typing import Literal, Optional, final
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
 from ..layers import expand
 from ..linalg import chunked_sum
-from .base import Preconditioner
+from .base import PerLayer
+from .dense import group_inverse
+from .registry import register_method
 
 CHUNK_BYTES = 16 * 2 ** 20  # working set of one chunk of per-unit systems (default chunk)
 
@@ -32,14 +39,15 @@ def unit_system(d, K, shift):
     return theta, theta + jnp.diag(shift + (d == 0).astype(d.dtype))
 
 
-class UnitWise(Preconditioner):
+@register_method(builtin=True)
+@final
+@dataclasses.dataclass(frozen=True)
+class UnitWise(PerLayer):
     name = "unit_wise"
-    isotropic = True
-
-    def __init__(self, chunk: int | None = None, convention: str = "theory", force: bool = False):
-        if convention not in ("theory", "paper"):
-            raise ValueError(f"unit_wise convention must be 'theory' or 'paper', got {convention!r}")
-        self.chunk, self.convention, self.force = chunk, convention, force
+    isotropy = "wide"
+    paper = True
+    chunk: Optional[int] = None
+    convention: Literal["theory", "paper"] = "theory"
 
     def _chunk(self, n, C, units, n_test=0):
         if self.chunk is not None:
@@ -65,58 +73,63 @@ class UnitWise(Preconditioner):
             return float(model.active_fraction * len(hidden) * (max(hidden) if hidden else 0))
         return float(model.active_fraction * sum(hidden) + 1)
 
-    def direction(self, fac, g, rho):
+    def layer_direction(self, H, D, g, rho):
         n, C = g.shape
         gf = g.reshape(-1)
-        out = []
-        for H, D in zip(fac.H, fac.D):
-            K = expand(H @ H.T, C)
+        K = expand(H @ H.T, C)
+        Hr = jnp.repeat(H, C, axis=0)
 
-            Hr = jnp.repeat(H, C, axis=0)
+        def unit_row(d_unit):  # (N, C) -> row (M_{l-1}+1,)
+            d = d_unit.reshape(-1)
+            if rho == 0 and C > 1:
+                return jnp.linalg.pinv(d[:, None] * Hr) @ gf
+            _, A = unit_system(d, K, n * rho)
+            v = cho_solve(cho_factor(A, lower=True), gf)
+            return (d * v).reshape(n, C).sum(-1) @ H
 
-            def unit_row(d_unit):  # (N, C) -> row (M_{l-1}+1,)
-                d = d_unit.reshape(-1)
-                if rho == 0 and C > 1:
-                    return jnp.linalg.pinv(d[:, None] * Hr) @ gf
-                _, A = unit_system(d, K, n * rho)
-                v = cho_solve(cho_factor(A, lower=True), gf)
-                return (d * v).reshape(n, C).sum(-1) @ H
-
-            out.append(jax.lax.map(unit_row, D.transpose(1, 0, 2), batch_size=self._chunk(n, C, D.shape[1])))
-        return out
+        return jax.lax.map(unit_row, D.transpose(1, 0, 2), batch_size=self._chunk(n, C, D.shape[1]))
 
     def kernel(self, src, rho):
-        if src.fac_train is None:  # analytic limit: Theta_G -> alpha I on the training set
-            nc = src.n * src.C
-            return self.alpha(src.model, src.n) * jnp.eye(nc), None
+        if not src.empirical:  # analytic limit: Theta_G -> alpha I on the training set
+            return self.alpha(src.model, src.n) * jnp.eye(src.n * src.C), None
+        return super().kernel(src, rho)
+
+    def layer_kernel(self, src, l, rho):
         n, C = src.n, src.C
-        train, cross = 0.0, (None if src.cross is None else 0.0)
-        for l, (H, D) in enumerate(zip(src.fac_train.H, src.fac_train.D)):
-            K = expand(H @ H.T, C)
-            Dt = D.transpose(1, 0, 2).reshape(D.shape[1], -1)
-            if src.cross is not None:
-                Kx = expand(src.cross.KH[l], C)
-                Dx = src.fac_test.D[l].transpose(1, 0, 2).reshape(D.shape[1], -1)
+        H, D = src.fac_train.H[l], src.fac_train.D[l]
+        K = expand(H @ H.T, C)
+        Dt = D.transpose(1, 0, 2).reshape(D.shape[1], -1)
+        Hr = jnp.repeat(H, C, axis=0)
+        if src.cross is not None:
+            Kx = expand(src.cross.KH[l], C)
+            Dx = src.fac_test.D[l].transpose(1, 0, 2).reshape(D.shape[1], -1)
+            Hxr = jnp.repeat(src.fac_test.H[l], C, axis=0)
 
-            Hr = jnp.repeat(H, C, axis=0)
-            Hxr = None if src.cross is None else jnp.repeat(src.fac_test.H[l], C, axis=0)
+        def unit_ops(d, dx):
+            if rho == 0 and C > 1:  # projector J_i J_i^+ and J_i(x') J_i^+
+                Jp = jnp.linalg.pinv(d[:, None] * Hr)
+                return (d[:, None] * Hr) @ Jp, (None if dx is None else (dx[:, None] * Hxr) @ Jp)
+            theta, A = unit_system(d, K, n * rho)
+            V = cho_solve(cho_factor(A, lower=True), jnp.eye(A.shape[0], dtype=A.dtype))
+            return theta @ V, (None if dx is None else (jnp.outer(dx, d) * Kx) @ V)
 
-            def unit_ops(d, dx):
-                if rho == 0 and C > 1:  # projector J_i J_i^+ and J_i(x') J_i^+
-                    Jp = jnp.linalg.pinv(d[:, None] * Hr)
-                    return (d[:, None] * Hr) @ Jp, (None if dx is None else (dx[:, None] * Hxr) @ Jp)
-                theta, A = unit_system(d, K, n * rho)
-                V = cho_solve(cho_factor(A, lower=True), jnp.eye(A.shape[0], dtype=A.dtype))
-                return theta @ V, (None if dx is None else (jnp.outer(dx, d) * Kx) @ V)
+        def chunk_sum(idx, valid):
+            dx = None if src.cross is None else Dx[idx] * valid[:, None]
+            tr, cr = jax.vmap(unit_ops, in_axes=(0, None if dx is None else 0))(Dt[idx] * valid[:, None], dx)
+            return tr.sum(0), (0.0 if cr is None else cr.sum(0))
 
-            def chunk_sum(idx, valid):
-                dx = None if src.cross is None else Dx[idx] * valid[:, None]
-                tr, cr = jax.vmap(unit_ops, in_axes=(0, None if dx is None else 0))(Dt[idx] * valid[:, None], dx)
-                return tr.sum(0), (0.0 if cr is None else cr.sum(0))
+        n_test = 0 if src.cross is None else src.cross.KH[l].shape[0]
+        tr, cr = chunked_sum(chunk_sum, D.shape[1], self._chunk(n, C, D.shape[1], n_test))
+        return tr, (None if src.cross is None else cr)
 
-            n_test = 0 if src.cross is None else src.cross.KH[l].shape[0]
-            tr, cr = chunked_sum(chunk_sum, D.shape[1], self._chunk(n, C, D.shape[1], n_test))
-            train = train + tr
-            if src.cross is not None:
-                cross = cross + cr
-        return train, cross
+    def layer_dense(self, dense, l, rho):
+        """(F_ii + rho I)^+ per unit i: the parameters (W_l[i, :], b_l[i])."""
+        k = dense.widths[l] + 1
+        units = np.repeat(np.arange(dense.widths[l + 1]), k)
+        return group_inverse(dense.layer(l), units, dense.n, rho)
+
+    def memory_terms(self, N, C, widths):
+        from ..memory import unit_chunk_count
+        nc, units = N * C, max(widths[1:])
+        chunk = 256 if self.chunk is None else self.chunk
+        return {"unit Grams": nc * nc, "unit chunk": unit_chunk_count(N, C, min(chunk, units))}

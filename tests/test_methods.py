@@ -1,0 +1,177 @@
+"""One suite over the method registry: every registered method, on tiny float64 networks, against
+its own dense reference (``to_dense``: (G + rho I)^+ built from the dense Jacobian without the
+structured layers), plus its residual map, its linear face and its analytic face.
+
+A method registered by a user (or by a test) is picked up here like a built-in one.
+"""
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk_ngd as nn
+from ntk_ngd.curvature import METHODS, AbstractMethod, PerLayer, dense_problem, get_method, method_names, register_method
+import oracle
+
+N = 4
+HIDDEN = (20, 18, 21, 19)
+# every depth 1..5 with each activation; bias and C = 1 / C = 3 alternate so each depth sees both
+CONFIGS = [(L, act, 0.5 * ((L + i) % 2)) for L in range(1, 6) for i, act in enumerate(("relu", "erf", "tanh"))]
+RHOS = (0.0, 1e-3)
+VARIANT_CONFIGS = CONFIGS[::4]  # depths 1, 2, 3, 5; relu, erf, tanh; C = 1 and 3
+
+
+def options_grid(cls):
+    """Option variants the suite runs for a method: defaults, plus each Literal option's values."""
+    import typing
+    hints = typing.get_type_hints(cls)
+    out = [{}]
+    for f in dataclasses.fields(cls):
+        if typing.get_origin(hints[f.name]) is typing.Literal and f.name != "convention":
+            out += [{f.name: v} for v in typing.get_args(hints[f.name]) if v != f.default]
+    # random statistics need samples >= C (C = 3 in half of the configurations)
+    return [dict(o, samples=8) if o.get("statistics") in ("sampled", "rademacher") else o for o in out]
+
+
+def network(L, act, sb, seed=0, hidden=HIDDEN, n=N):
+    C = 1 if (L + int(sb > 0)) % 2 else 3
+    model = nn.MLP((7,) + hidden[:L - 1] + (C,), act, sigma_b=sb)
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed + 17 * L), 4)
+    params = model.init(k1)
+    x = jax.random.normal(k2, (n, 7))
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)  # the paper's unit-norm rows
+    xt = jax.random.normal(k4, (3, 7))
+    y = 0.5 * jax.random.normal(k3, (n, C))
+    return model, params, x, xt, y
+
+
+@pytest.fixture(scope="module")
+def problems():
+    """The dense problem of every configuration, computed once."""
+    out = {}
+    for cfg in CONFIGS:
+        model, params, x, xt, y = network(*cfg)
+        # rho = 0 is well posed here: every layer kernel is well conditioned
+        assert max(np.linalg.cond(t) for t in np.asarray(nn.empirical_layerwise_ntk(model, params, x))) < 1e6
+        out[cfg] = (model, params, x, xt, y, dense_problem(model, params, x, y), oracle.jacobian(model, params, xt))
+    return out
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def check_method(name, problems, tol_dir=1e-9, tol_map=1e-10):
+    """Worst relative errors of one method over configurations, dampings and option variants."""
+    cls = METHODS[name]
+    worst = {"direction": 0.0, "residual_map": 0.0, "residual_map_test": 0.0, "kernel": 0.0, "kernel_test": 0.0}
+    for cfg, (model, params, x, xt, y, dense, Jx) in problems.items():
+        r = np.asarray(model.apply(params, x) - y)
+        src = nn.empirical_source(model, params, x, xt)
+        for i, opts in enumerate(options_grid(cls)):
+            if i and cfg not in VARIANT_CONFIGS:
+                continue  # the defaults run on every configuration, other option values on a spread subset
+            m = get_method(name, force=True, **opts)
+            for rho in RHOS:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    d = oracle.flat_direction(nn.ngd_direction(model, params, x, y, m, rho))
+                    Pinv = m.to_dense(dense, rho)
+                    ref = Pinv @ dense.grad
+                    worst["direction"] = max(worst["direction"], rel(d, ref))
+                    phi = nn.residual_map(m, src, rho)
+                    worst["residual_map"] = max(worst["residual_map"], rel(np.asarray(phi(r)).ravel(), dense.J @ d))
+                    worst["residual_map_test"] = max(worst["residual_map_test"],
+                                                     rel(np.asarray(phi.test(r)).ravel(), Jx @ d))
+                    if m.linear:  # Theta_G = J G^+ J^T / N and its test rows J(x') G^+ J^T / N
+                        tg, tx = nn.preconditioned_kernel(m, src, rho)
+                        worst["kernel"] = max(worst["kernel"], rel(tg, dense.J @ Pinv @ dense.J.T / N))
+                        worst["kernel_test"] = max(worst["kernel_test"], rel(tx, Jx @ Pinv @ dense.J.T / N))
+    assert worst["direction"] < tol_dir, (name, worst)
+    assert max(v for k, v in worst.items() if k != "direction") < tol_dir, (name, worst)
+    return worst
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_against_its_dense_reference(name, problems, record_property):
+    worst = check_method(name, problems)
+    record_property("worst", worst)
+    print(name, {k: f"{v:.1e}" for k, v in worst.items()})
+
+
+ANALYTIC_WIDTHS = (128, 512, 2048)
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if METHODS[n].analytic and get_method(n).linear])
+def test_analytic_face_approaches_empirical(name):
+    """The infinite-width operator Theta_G (train rows) against the empirical one of networks of
+    growing width: the relative error falls (fitted exponent in M, 3 seeds)."""
+    m = get_method(name, force=True)
+    x = jax.random.normal(jax.random.PRNGKey(5), (4, 7))
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    rho = 1e-2 / ANALYTIC_WIDTHS[-1] if m.isotropy == "wide" else 1e-8
+    errs = []
+    for M in ANALYTIC_WIDTHS:
+        model = nn.MLP((7, M, M, 1), "erf", sigma_b=0.3)
+        a, _ = nn.preconditioned_kernel(m, nn.analytic_source(model, x), rho)
+        e = []
+        for seed in range(3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t, _ = nn.preconditioned_kernel(m, nn.empirical_source(model, model.init(jax.random.PRNGKey(seed)), x),
+                                                rho)
+            e.append(rel(t, a))
+        errs.append(np.mean(e))
+    slope = np.polyfit(np.log(ANALYTIC_WIDTHS), np.log(np.maximum(errs, 1e-300)), 1)[0]
+    print(name, "errors", errs, "exponent", slope)
+    if max(errs) < 1e-8:  # exact at every width (e.g. exact NGD: Theta_G = I)
+        return
+    assert errs[-1] < errs[0] and slope < -0.25, (name, errs, slope)
+
+
+# ----------------------------------------------------------------------------- a user's method
+def test_user_method_is_covered_by_the_suite(problems):
+    """tests/two_blocks.py (one file, registered by conftest.py) is in the registry, so the
+    parametrized tests above ran it; here its constant is checked as well."""
+    assert "two_blocks" in method_names()
+    model, params, x, xt, y, *_ = problems[(3, "relu", 0.5)]
+    tg, _ = nn.preconditioned_kernel("two_blocks", nn.empirical_source(model, params, x), 1e-12)
+    assert nn.isotropy_error(tg, nn.isotropy_constant("two_blocks", model, N)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- the abstract class
+def test_abstract_and_typed_options():
+    with pytest.raises(TypeError):
+        AbstractMethod()  # abstract
+    with pytest.raises(TypeError, match="abstract"):
+        register_method(PerLayer)
+    with pytest.raises(ValueError, match="damping_mode must be one of"):
+        get_method("kfac", damping_mode="sqrt")
+    with pytest.raises(ValueError, match="no option"):
+        get_method("kfac", dampnig_mode="factored")
+    with pytest.raises(ValueError, match="chunk must be int"):
+        get_method("unit_wise", chunk=2.5)
+    with pytest.raises(ValueError, match="force must be bool"):
+        get_method("exact", force="yes")
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("newton")
+    k = get_method("kfac", damping_mode="factored")
+    assert k == nn.curvature.KFAC(damping_mode="factored") and hash(k) == hash(nn.curvature.KFAC(damping_mode="factored"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.damping_mode = "tikhonov"
+    with pytest.raises(ValueError, match="options go with a method name"):
+        get_method(k, force=True)
+    for name in method_names():
+        cls = METHODS[name]
+        assert not cls.__abstractmethods__
+        assert isinstance(cls().linear, bool) and isinstance(cls.stateful, bool)
+        assert cls.isotropy in (None, "finite", "wide")
+
+
+def test_memory_terms_are_counts():
+    for name in method_names():
+        terms = get_method(name).memory_terms(100, 1, (784, 2048, 2048, 1))
+        assert all(isinstance(v, (int, np.integer)) and v >= 0 for v in terms.values()), (name, terms)
