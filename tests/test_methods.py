@@ -175,3 +175,20 @@ def test_memory_terms_are_counts():
     for name in method_names():
         terms = get_method(name).memory_terms(100, 1, (784, 2048, 2048, 1))
         assert all(isinstance(v, (int, np.integer)) and v >= 0 for v in terms.values()), (name, terms)
+
+
+def test_user_method_runs_through_cli_sweep_and_report(tmp_path, capsys):
+    """The one-file toy method, loaded with --plugin, runs through train, sweep and report."""
+    from pathlib import Path
+    from ntk_ngd import cli
+    plugin = str(Path(__file__).with_name("two_blocks.py"))
+    small = ["--n-train", "6", "--n-test", "6", "--steps", "2", "--no-analytic"]
+    assert cli.main(["--plugin", plugin, "train", "--method", "two_blocks", "--width", "64", *small]) == 0
+    out = capsys.readouterr().out
+    assert "method two_blocks" in out and "alpha = 2.0" in out
+    store = tmp_path / "store"
+    assert cli.main(["--plugin", plugin, "sweep", "--method", "two_blocks", "exact", "--width", "32", "64",
+                     "--store", str(store), "--no-progress", *small]) == 0
+    assert "ran=4 skipped=0 failed=0" in capsys.readouterr().out
+    assert cli.main(["--plugin", plugin, "report", "--store", str(store), "--out", str(tmp_path / "fig")]) == 0
+    assert "4 finished and 0 failed" in capsys.readouterr().out
