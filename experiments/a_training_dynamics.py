@@ -19,7 +19,7 @@ def main(argv=None):
     base = base_config(args, args.width or (512 if args.quick else 4096), args.steps or (4 if args.quick else 8))
     extra = [(f"unit_wise (rho={args.unit_wise_damping:g}/M)",
               {"method": "unit_wise", "damping": args.unit_wise_damping, "damping_scale": "per_width"})]
-    dyn = ex.training_dynamics(ex.method_runs(base, ex.METHOD_NAMES, extra), log)
+    dyn = ex.training_dynamics(ex.method_runs(base, ex.paper_methods(), extra), log)
     report.plot_dynamics(dyn, f"{args.out}/dynamics.png", f"{args.dataset}, M = {base.width}")
     report.save_csv([{"method": k, **{f: s[f] for f in report.SCALAR_COLUMNS if f in s}} for k, s in dyn.items()],
                     f"{args.out}/dynamics.csv")

@@ -8,6 +8,7 @@ Resumable: rerunning skips the finished grid points of --store.
 from _common import base_config, log, parser, setup
 
 from ntk_ngd import experiments as ex
+from ntk_ngd.curvature import method_names
 from ntk_ngd.report import report_store
 from ntk_ngd.sweep import run_sweep
 
@@ -25,7 +26,7 @@ def main(argv=None):
     p = parser(__doc__.splitlines()[0], "width_sweep", store="width_sweep")
     p.add_argument("--widths", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=None, choices=ex.METHOD_NAMES)
+    p.add_argument("--methods", nargs="+", default=None, choices=method_names())
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--activation", default="relu", choices=("relu", "erf", "tanh", "linear"),
                    help="phi of the hidden layers (erf/tanh: smooth, see README 'width exponents')")
@@ -34,7 +35,7 @@ def main(argv=None):
     q = args.quick
     args.widths = args.widths or ([128, 256, 512] if q else [2 ** k for k in range(8, 14)])
     args.seeds = args.seeds or ([0, 1] if q else [0, 1, 2])
-    args.methods = args.methods or (["exact", "block_diagonal", "kfac"] if q else list(ex.METHOD_NAMES))
+    args.methods = args.methods or (["exact", "block_diagonal", "kfac"] if q else list(ex.paper_methods()))
     if args.unit_wise_damping is None:
         args.unit_wise_damping = 0.0 if q else 1e-6
     setup(args)

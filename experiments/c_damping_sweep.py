@@ -8,6 +8,7 @@ per-unit kernels are O(1/M)); the other methods' as rho.
 from _common import base_config, log, parser, setup
 
 from ntk_ngd import experiments as ex
+from ntk_ngd.curvature import method_names
 from ntk_ngd.report import report_store
 from ntk_ngd.sweep import run_sweep
 
@@ -28,7 +29,7 @@ def grid(args, widths, methods, rho=RHO):
 def main(argv=None, name="damping_sweep", defaults=None):
     p = parser(__doc__.splitlines()[0], name, store=name)
     p.add_argument("--widths", type=int, nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=None, choices=ex.METHOD_NAMES)
+    p.add_argument("--methods", nargs="+", default=None, choices=method_names())
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=4)
     args = p.parse_args(argv)

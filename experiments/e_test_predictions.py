@@ -16,7 +16,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     setup(args)
     base = base_config(args, args.width or (512 if args.quick else 4096), args.steps or (4 if args.quick else 8))
-    methods = [m for m in ex.METHOD_NAMES if m != "unit_wise"] + ["unit_wise"]
+    methods = [m for m in ex.paper_methods() if m != "unit_wise"] + ["unit_wise"]
     tp = ex.test_predictions(base.replace(damping=0.0), [m for m in methods if m != "unit_wise"], progress=log)
     report.plot_test_predictions(tp, f"{args.out}/test_predictions.png")
     report.save_csv([{"method": m, **e} for m, e in tp["methods"].items()], f"{args.out}/test_predictions.csv")

@@ -127,8 +127,8 @@ def test_dense_baseline_matches_oracle(method):
 
 @pytest.mark.parametrize("N", [5, 16])
 def test_structured_step_matches_baseline_in_process(N):
-    """N = 16 > M_0, M: K-FAC's and unit-wise's conditions fail (run with force=True, as bench.py
-    does) and the layer kernels are rank-deficient (rho = 1e-3 keeps the damped systems well
+    """N = 16 > M_0, M: the conditions of K-FAC, unit-wise, FOOF, TNT, ... fail (run with
+    force=True, as bench.py does) and the layer kernels are rank-deficient (rho = 1e-3 keeps the damped systems well
     conditioned: at rho = 1e-6 block_tridiagonal's system has cond ~1e6 and every pair of
     implementations, the oracle included, differs by ~3e-9)."""
     rho = 1e-6 if N == 5 else 1e-3
@@ -137,15 +137,15 @@ def test_structured_step_matches_baseline_in_process(N):
     x, y = bench.synthetic(N, 9, 1, "float64", 0)
     theta = jnp.concatenate([b.reshape(-1) for b in from_params(params)])
     for method in METHODS:
-        opts = {"force": True} if N > 9 and method in ("kfac", "unit_wise") else {}
+        opts = {"force": True} if N > 9 else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             new_s, d_s = bench.structured_step(model, method, rho, N, 0.1, opts)(params, x, y)
         new_b, d_b = baseline.baseline_step(model, method, rho, N, 0.1)(theta, x, y)
         ds = bench.flat_blocks(d_s)
-        assert np.linalg.norm(ds - np.asarray(d_b)) / np.linalg.norm(np.asarray(d_b)) < 1e-10, method
+        assert np.linalg.norm(ds - np.asarray(d_b)) / np.linalg.norm(np.asarray(d_b)) < 1e-9, method
         ns = np.concatenate([np.asarray(b).reshape(-1) for b in from_params(new_s)])
-        assert np.linalg.norm(ns - np.asarray(new_b)) <= 1e-10 * np.linalg.norm(np.asarray(new_b)), method
+        assert np.linalg.norm(ns - np.asarray(new_b)) <= 1e-9 * np.linalg.norm(np.asarray(new_b)), method
 
 
 @dataclasses.dataclass(frozen=True)

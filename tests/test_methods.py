@@ -53,11 +53,31 @@ def problems():
     """The dense problem of every configuration, computed once."""
     out = {}
     for cfg in CONFIGS:
-        model, params, x, xt, y = network(*cfg)
-        # rho = 0 is well posed here: every layer kernel is well conditioned
-        assert max(np.linalg.cond(t) for t in np.asarray(nn.empirical_layerwise_ntk(model, params, x))) < 1e6
+        for seed in range(10):  # the first seed whose rho = 0 problems are well posed
+            model, params, x, xt, y = network(*cfg, seed=seed)
+            if well_posed(model, params, x):
+                break
+        else:
+            raise AssertionError(f"no well-posed network for {cfg}")
         out[cfg] = (model, params, x, xt, y, dense_problem(model, params, x, y), oracle.jacobian(model, params, xt))
     return out
+
+
+def well_posed(model, params, x, layer_cond=1e6, unit_cond=1e8):
+    """rho = 0 is well posed: every layer kernel and every unit's Jacobian J_i (rows
+    delta_{n,c,i} h~_n, rank <= N) is well conditioned (a unit with delta ~ 1e-8, as erf' gives
+    for a saturated unit, makes (F_ii)^+ a 1e13-conditioned solve that no two codes agree on)."""
+    if max(np.linalg.cond(t) for t in np.asarray(nn.empirical_layerwise_ntk(model, params, x))) > layer_cond:
+        return False
+    fac = nn.empirical_source(model, params, x).fac_train
+    for H, D in zip(fac.H, fac.D):
+        H, D = np.asarray(H), np.asarray(D)  # (N, k), (N, units, C)
+        J = D.transpose(1, 0, 2)[:, :, :, None] * H[None, :, None, :]  # (units, N, C, k)
+        s = np.linalg.svd(J.reshape(J.shape[0], -1, H.shape[1]), compute_uv=False)
+        r = min(H.shape)
+        if np.max(s[:, 0] / s[:, r - 1]) > np.sqrt(unit_cond):  # cond(F_ii) = cond(J_i)^2
+            return False
+    return True
 
 
 def rel(a, b):
@@ -110,9 +130,11 @@ def test_analytic_face_approaches_empirical(name):
     """The infinite-width operator Theta_G (train rows) against the empirical one of networks of
     growing width: the relative error falls (fitted exponent in M, 3 seeds)."""
     m = get_method(name, force=True)
+    # input norms 0.3..4 spread the Grams' spectra: a method built on Gram eigenvectors (EKFAC)
+    # converges only once the kernels' fluctuation (~M^-1/2) is below their eigenvalue gaps
     x = jax.random.normal(jax.random.PRNGKey(5), (4, 7))
-    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
-    rho = 1e-2 / ANALYTIC_WIDTHS[-1] if m.isotropy == "wide" else 1e-8
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.array([0.3, 1.0, 2.0, 4.0])[:, None]
+    rho = 0.0  # the analytic faces are rho -> 0 limits (a fixed rho > 0 is relatively larger as M grows)
     errs = []
     for M in ANALYTIC_WIDTHS:
         model = nn.MLP((7, M, M, 1), "erf", sigma_b=0.3)
