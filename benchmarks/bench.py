@@ -67,7 +67,8 @@ def build_parser(methods=None, add_help=True):
     p.add_argument("--plugin", action="append", default=[],
                    help="module or .py file that registers methods (ntk_ngd.plugins; also $NTK_NGD_PLUGINS)")
     p.add_argument("--depth", "-L", type=int, default=3, help="L, weight layers")
-    p.add_argument("--m0", type=int, default=784, help="M_0, input dimension")
+    p.add_argument("--m0", type=int, default=None, help="M_0, input dimension (784; 16 with --quick, so that the "
+                   "P x P dense fallback of methods without a dedicated baseline fits)")
     p.add_argument("--outputs", "-C", type=int, default=1, help="C, outputs")
     p.add_argument("--activation", default="relu")
     p.add_argument("--rho", type=float, default=None,
@@ -139,6 +140,7 @@ def parse_args(argv=None, methods=None):
     a = build_parser(tuple(methods)).parse_args(argv)
     a.methods = list(methods) if a.methods is None else a.methods
     if a.quick:
+        a.m0 = a.m0 or 16
         a.widths = a.widths or [32]
         a.n = a.n or [8]
         a.repeats = min(a.repeats, 2)
@@ -148,6 +150,9 @@ def parse_args(argv=None, methods=None):
         a.weight_block = 8 if a.weight_block == 256 else a.weight_block
         a.analytic_n = [40] if a.analytic_n is None else a.analytic_n
         a.analytic_tile = a.analytic_tile or 16
+    a.m0 = a.m0 or 784
+    if a.rho is None and a.quick:  # the dense fallbacks invert G + rho I with G of rank N << P:
+        a.rho = 1e-4 if a.dtype == "float64" else 1e-3  # their round-off grows like lambda_max / rho
     if a.rho is None:
         a.rho = 1e-8 if a.dtype == "float64" else 1e-5
     a.widths = a.widths or [2 ** k for k in range(8, 15)]
@@ -723,7 +728,6 @@ def main(argv=None):
         return 2
     if a.device == "gpu" and a.dtype == "float32" and not a.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")  # true float32 matmuls, no TF32
-    import numpy as np
     from ntk_ngd import memory, sharding, store
 
     dev = devices[0]

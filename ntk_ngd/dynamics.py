@@ -207,7 +207,7 @@ def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, **opt
     if not src.empirical:
         raise ValueError(f"{m.name}: method_predictor needs an empirical source (the structured factors)")
     fac, fx = src.fac_train, src.fac_test
-    n, c = src.n, src.C
+    c = src.C
 
     def predict_fn(t, f0_train, f0_test=None) -> Prediction:
         steps = _steps(t)

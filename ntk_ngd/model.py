@@ -8,7 +8,7 @@ with i.i.d. N(0, 1) entries at init.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence, Union
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp

@@ -288,7 +288,7 @@ def damping_table(dsum: dict) -> str:
     for g in dsum["groups"]:
         for w, b in g["best"].items():
             rows.append([g.get("method"), w, b["damping"], b[g["metric"]], "yes" if b["u_shaped"] else "no"])
-    return md_table(["method", "width", "best damping", f"error at best", "interior optimum"], rows)
+    return md_table(["method", "width", "best damping", "error at best", "interior optimum"], rows)
 
 
 # ----------------------------------------------------------------------------- (e) test outputs

@@ -53,6 +53,9 @@ def resolve_lr(lr, model, method, x, params, rho, loss="mse", **options) -> floa
     convention = "paper" if lr == "paper" else "theory"
     theta_g = None
     if m.alpha(model, x.shape[0]) is None:
+        if not m.linear:
+            raise ValueError(f"lr={lr!r}: {m.name} has no isotropy constant and its step is nonlinear in the "
+                             "residual (no Theta_G to take 1/lambda_max of); give a numeric lr")
         theta_g, _ = preconditioned_kernel(m, empirical_source(model, params, x), rho)
     return optimal_lr(m, model, x.shape[0], theta_g, convention)
 

@@ -1,7 +1,6 @@
 """The ntk-ngd command: every subcommand on a tiny config, --help, and a sweep killed and resumed."""
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys

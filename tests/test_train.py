@@ -1,5 +1,4 @@
 """Training loop, one-step theory check, cross-entropy against the dense oracle, and bad input."""
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,10 @@ import ntk_ngd as nn
 import oracle
 from ntk_ngd.layers import from_params
 
-ISOTROPIC = ["exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise"]
+from ntk_ngd.curvature import METHODS
+from ntk_ngd.experiments import paper_methods
+
+ISOTROPIC = [n for n in paper_methods() if METHODS[n].isotropy]  # exact, BD, BTD, K-FAC, unit-wise
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,17 @@ def test_custom_activation_uses_autodiff_derivative():
     a = nn.empirical_layerwise_ntk(model, params, x)
     b = nn.autodiff_layer_kernels(model.apply, params, x)
     assert float(jnp.max(jnp.abs(a - b))) < 1e-12
+
+
+def test_optimal_lr_of_a_nonlinear_method_is_refused_clearly():
+    """No alpha and no Theta_G (the step is nonlinear in the residual): lr='optimal' says to give
+    a number; a linear method without alpha uses 1/lambda_max of its measured Theta_G."""
+    ds = nn.synthetic(6, 2, 5, seed=0)
+    model = nn.MLP((5, 16, 1))
+    params = model.init(jax.random.PRNGKey(0))
+    for m in ("ngplus", "shampoo"):
+        with pytest.raises(ValueError, match="nonlinear in the residual.*give a numeric lr"):
+            nn.train(model, params, ds, m, lr="optimal", steps=1)
+    lr = nn.train(model, params, ds, "ekfac", lr="optimal", steps=1, force=True).lr
+    tg, _ = nn.preconditioned_kernel("ekfac", nn.empirical_source(model, params, ds.x_train), 0.0)
+    assert lr == pytest.approx(1 / np.linalg.eigvalsh(np.asarray(tg))[-1], rel=1e-10)

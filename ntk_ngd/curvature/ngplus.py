@@ -67,7 +67,7 @@ from .base import KernelSource, PerLayer, ResidualMap, _shaped
 from .dense import sym_inverse
 from .kronecker import keep_mask, pseudo_inverse
 from .registry import register_method
-from .statistics import Statistics, block_diag_rows, coordinates, statistic_factors, statistic_grams
+from .statistics import Statistics, block_diag_rows, coordinates, statistic_grams
 
 SIDES = ("output", "input", "auto")
 
