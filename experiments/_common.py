@@ -20,7 +20,8 @@ from ntk_ngd.store import run_meta
 def parser(description: str, out: str, store: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small widths / grids (CI-sized, about a minute)")
-    p.add_argument("--out", default=f"figures/{out}", help="directory for PNG, JSON/CSV and markdown")
+    p.add_argument("--out", default=f"results/{out}-figures",
+                   help="directory for PNG, JSON/CSV and markdown (default under the ignored results/)")
     if store is not None:
         p.add_argument("--store", default=f"results/{store}", help="resumable results store (sweeps)")
         p.add_argument("--no-progress", action="store_true", help="quiet sweep")

@@ -18,7 +18,11 @@ def _package_version() -> str:
 
 __version__ = _package_version()
 
-from .model import MLP
+from .runtime import guard_cpu_thread_pool
+
+guard_cpu_thread_pool()  # before JAX starts its CPU backend: a default NPROC only (see its docstring)
+
+from .model import MLP  # noqa: E402
 from .layers import Factors, Grams, factors, grams, layer_kernels, empirical_layerwise_ntk, autodiff_layer_kernels
 from .curvature import (METHODS, AbstractMethod, KernelSource, ResidualMap, get_method, method_names,
                         register_method, unregister_method, dense_problem)

@@ -3,7 +3,7 @@
   ntk-ngd train --method kfac --width 1024 --steps 5            one network vs its predictions
   ntk-ngd sweep --method exact kfac --width 256 512 1024 --seed 0 1 2 --store results/w
   ntk-ngd reproduce --quick                                      paper figures on bundled digits
-  ntk-ngd report --store results/w --out figures/w               figures + markdown from a store
+  ntk-ngd report --store results/w --out results/w-figs              figures + markdown from a store
   ntk-ngd --plugin my_method.py train --method my_method         a user's registered method
 
 Methods and their options come from the registry (``ntk_ngd.curvature.register_method``);
@@ -250,9 +250,10 @@ def cmd_reproduce(a) -> int:
     rc = reproduce_config(a)
     if rc.dataset != "digits" and not rc.data_path:
         raise SystemExit(f"--dataset {rc.dataset} needs --data-path (local files; nothing is downloaded)")
-    store = Path(a.store or ("results/reproduce-quick" if rc.quick else f"results/reproduce-{rc.dataset}"))
+    run_dir = Path("results") / ("reproduce-quick" if rc.quick else f"reproduce-{rc.dataset}")
+    store = Path(a.store or run_dir)
     res = run_reproduction(rc, a.skip, store, progress=not a.no_progress)
-    path = write_reproduction(a.out, rc, res)
+    path = write_reproduction(a.out or run_dir, rc, res)
     n_pass = sum(c.passed for c in res["claims"])
     for c in res["claims"]:
         print(c.line())
@@ -292,8 +293,9 @@ def run_reproduction(rc: ex.ReproduceConfig, skip: Sequence[str], store: Path, p
 
 def cmd_report(a) -> int:
     from .report import report_store
-    s = report_store(a.store, a.out, name=a.name)
-    print(f"{s['n_ok']} finished and {s['n_error']} failed grid points; wrote {a.out}/{a.name}_REPORT.md "
+    out = a.out or str(Path("results") / f"{Path(a.store).name}-report")
+    s = report_store(a.store, out, name=a.name)
+    print(f"{s['n_ok']} finished and {s['n_error']} failed grid points; wrote {out}/{a.name}_REPORT.md "
           f"and {len(s['figures'])} figures")
     return 0
 
@@ -375,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--damping-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the damping sweep (default: unit_wise quick, unit_wise kfac otherwise)")
     r.add_argument("--skip", nargs="+", choices=ENTRIES, default=[], help="entries to leave out")
-    r.add_argument("--out", default="figures", help="directory for figures, JSON/CSV and REPORT.md")
+    r.add_argument("--out", default=None,
+                   help="directory for figures, JSON/CSV and REPORT.md (default: the ignored results/reproduce-quick "
+                        "or results/reproduce-DATASET; the committed reference figures are regenerated only by "
+                        "naming figures/ or figures/full/ here)")
     r.add_argument("--store", default=None,
                    help="directory of the sweeps' resumable stores (default results/reproduce-quick or "
                         "results/reproduce-DATASET)")
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Turn a sweep store into figures (error vs width with fitted exponents, error "
                                    "vs damping, width x damping heat maps), CSV/JSON and NAME_REPORT.md.")
     q.add_argument("--store", required=True, help="results store directory")
-    q.add_argument("--out", default="figures", help="output directory")
+    q.add_argument("--out", default=None, help="output directory (default: the ignored results/STORENAME-report)")
     q.add_argument("--name", default="sweep", help="file-name prefix")
     q.set_defaults(func=cmd_report)
     return p

@@ -22,11 +22,12 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence, Union
+
+from .runtime import guard_cpu_thread_pool  # noqa: F401  (re-exported: the scripts call ex.guard_cpu_thread_pool)
 
 import numpy as np
 
@@ -137,16 +138,6 @@ class RunConfig:
             return float(self.damping)
         hidden = (self.widths[1:-1] if self.widths is not None else (self.width,) * (self.depth - 1)) or (1,)
         return float(self.damping) / max(hidden)
-
-
-def guard_cpu_thread_pool(min_threads: int = 8) -> None:
-    """Work around a jaxlib (0.10) CPU deadlock: batched LAPACK kernels (``ParallelBatchMap``, e.g.
-    unit-wise NGD's vmapped Cholesky solves inside a scan) block pool threads while waiting for
-    tasks queued to the same intra-op pool; with 2 cores the pool has 2 threads and two such
-    kernels running at once never finish. A larger pool avoids it: XLA sizes it from ``NPROC``
-    when the CPU backend starts (call this before the first computation; it changes nothing
-    afterwards, and an ``NPROC`` already set is kept)."""
-    os.environ.setdefault("NPROC", str(max(min_threads, os.cpu_count() or 1)))
 
 
 @contextlib.contextmanager

@@ -31,7 +31,8 @@ def parse(doc: str, name: str, argv=None):
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="figures/paper_repro", help="parent directory; this entry writes to OUT/" + name)
+    p.add_argument("--out", default="results/paper_repro",
+                   help="parent directory (default under the ignored results/); this entry writes to OUT/" + name)
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a claim fails")
     a = p.parse_args(argv)
     a.out = str(Path(a.out) / name)

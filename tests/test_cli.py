@@ -123,7 +123,17 @@ def test_sweep_on_a_running_dask_cluster(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["result"]["alpha"] in (1.0, None) for r in recs)
 
 
-def test_reproduce_tiny(tmp_path, capsys):
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_main_job() -> list:
+    """The arguments of the README's first command (``... ntk-ngd reproduce ARGS``)."""
+    text = (REPO / "README.md").read_text()
+    line = next(l for l in text.splitlines() if "ntk-ngd reproduce" in l and "pip install" in l)
+    return line.split("ntk-ngd reproduce", 1)[1].split()
+
+
+def test_reproduce_tiny(tmp_path, capsys, monkeypatch):
     """The tiny reproduction prints one line per claim and a "k/n claims PASS" summary that counts them.
     With --methods exact kfac and the forster/test entries skipped, the claims are dynamics' one_step,
     curves_coincide, follows_linearization, isotropy and kfac_lr's constant (3 sweep widths < 4 and
@@ -135,13 +145,26 @@ def test_reproduce_tiny(tmp_path, capsys):
     L_1/L_0 = 0.28 (exact), 0.26 (kfac) > 0.1 and max_t e_t = 0.53, 0.45 > 0.2 (a network of
     width 24 is far from its linearization): 3/5."""
     import re
-    out, store = tmp_path / "figs", tmp_path / "store"
-    argv = ["reproduce", "--quick", "--width", "24", "--n-train", "8", "--n-test", "8", "--steps", "2",
+    # run as the README's main job does (its own arguments, default output folders) inside a fresh
+    # clone of the repository, which git status must leave clean (outputs go to the ignored results/)
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(clone)], check=True, timeout=120)
+    monkeypatch.chdir(clone)
+    main_job = _readme_main_job()
+    assert main_job == ["--quick"], main_job
+    out = store = clone / "results" / "reproduce-quick"
+    argv = ["reproduce", *main_job, "--width", "24", "--n-train", "8", "--n-test", "8", "--steps", "2",
             "--methods", "exact", "kfac", "--skip", "forster", "test",
             "--sweep-widths", "12", "16", "24", "--sweep-seeds", "0", "--sweep-methods", "exact",
             "--damping-widths", "16", "--damping-values", "0", "1e-3", "1", "--damping-methods", "exact",
-            "--out", str(out), "--store", str(store), "--no-progress"]
+            "--no-progress"]
     assert cli.main(argv) == 0
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True,
+                            check=True).stdout
+    assert status == "", status
+    assert (store / "width" / "records.jsonl").exists()
     text = capsys.readouterr().out
     lines = [re.match(r"^\[(PASS|FAIL)\] (\w+): ", l) for l in text.splitlines()]
     claims = {m.group(2): m.group(1) == "PASS" for m in lines if m}
