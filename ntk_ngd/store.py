@@ -70,21 +70,31 @@ def config_key(config: dict) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _git_revision(cwd: str) -> dict:
-    """``{"git_rev", "git_dirty"}`` of the repo containing ``cwd``; empty if none or no git."""
+def source_revision() -> dict:
+    """``{"git_rev", "git_dirty"}`` of ntk-ngd's own source tree: the git checkout this package was
+    imported from (an editable install), found from the package's location, never the current
+    directory; ``git_rev`` is "unknown" for an installed copy or without git."""
+    pkg = Path(__file__).resolve().parent
+
     def git(*args):
-        return subprocess.run(("git", *args), cwd=cwd, capture_output=True, text=True,
+        return subprocess.run(("git", *args), cwd=pkg, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
-        return {"git_rev": git("rev-parse", "HEAD"),
-                "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if top / "ntk_ngd" == pkg:  # the package is this repository's ntk_ngd/, not a file inside another one
+            return {"git_rev": git("rev-parse", "HEAD"),
+                    "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
-        return {}
+        pass
+    return {"git_rev": "unknown", "git_dirty": None}
 
 
 def run_meta() -> dict:
-    """Facts about this process for reproducibility: versions, device, dtype, git, host, pid."""
+    """Facts about this process for reproducibility: the ntk-ngd version and source revision
+    (``source_revision``), jax version, device, dtype, host, pid."""
     import jax
+
+    from . import __version__
 
     x64 = bool(jax.config.read("jax_enable_x64"))
     device = jax.devices()[0]
@@ -94,7 +104,8 @@ def run_meta() -> dict:
         "device": device.device_kind,
         "x64": x64,
         "dtype": "float64" if x64 else "float32",
-        **_git_revision(os.getcwd()),
+        "ntk_ngd_version": __version__,
+        **source_revision(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "python": platform.python_version(),

@@ -85,3 +85,24 @@ def test_run_meta():
     assert {"jax_version", "platform", "device", "x64", "dtype", "hostname", "pid",
             "python"} <= set(meta)
     json.dumps(meta)
+
+
+def test_run_meta_records_the_package_not_the_current_directory(tmp_path, monkeypatch):
+    """Provenance is ntk-ngd's version and its own source revision: run from inside another git
+    repository, run_meta still reports this checkout's HEAD (or "unknown" for an installed copy)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import ntk_ngd
+    pkg = Path(ntk_ngd.__file__).resolve().parent
+    ours = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pkg, capture_output=True, text=True)
+    expected = ours.stdout.strip() if ours.returncode == 0 and (pkg.parent / ".git").exists() else "unknown"
+    if shutil.which("git"):  # a user's own repository as the current directory
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty",
+                        "-m", "user"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    meta = run_meta()
+    assert meta["ntk_ngd_version"] == ntk_ngd.__version__
+    assert meta["git_rev"] == expected
