@@ -185,7 +185,7 @@ def plot_width(summary: dict, metric: str, path) -> Optional[Path]:
             fit = m["fit"]
             col = colors[lab]
             if fit:
-                lab += f": b = {fit['exponent']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]"
+                lab += f": b = {fit['exponent']:.2f} {fmt_interval(fit['ci'], len(fit['exponent_per_seed']), 2)}"
                 ws = np.geomspace(w.min(), w.max(), 50)
                 ax.plot(ws, fit["prefactor"] * ws ** fit["exponent"], "-", color=col, alpha=0.5)
             bars = [np.maximum(gm - lo, 0.0), np.maximum(hi - gm, 0.0)]  # one value: gm = v up to an ulp
@@ -205,6 +205,14 @@ def plot_width(summary: dict, metric: str, path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def fmt_interval(ci, n_seeds: int, digits: int = 3) -> str:
+    """``[lo, hi]``, or "n/a (1 seed)" where an interval over seeds cannot exist (one seed)."""
+    lo, hi = ci
+    if n_seeds < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"n/a ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def width_table(summary: dict, metric: str) -> str:
     rows = []
     for g in summary["groups"]:
@@ -217,9 +225,9 @@ def width_table(summary: dict, metric: str) -> str:
         elif f is None:
             rows.append([_group_label(g), "not fitted", None, None, None])
         else:
-            rows.append([_group_label(g), f["exponent"], f"[{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]",
-                         f"[{f['bootstrap_ci'][0]:.3f}, {f['bootstrap_ci'][1]:.3f}]",
-                         f"{len(f['exponent_per_seed'])} seeds, M = {f['widths'][0]}..{f['widths'][-1]}"])
+            k = len(f["exponent_per_seed"])
+            rows.append([_group_label(g), f["exponent"], fmt_interval(f["ci"], k), fmt_interval(f["bootstrap_ci"], k),
+                         f"{k} seeds, M = {f['widths'][0]}..{f['widths'][-1]}"])
     return md_table(["method", "exponent b (pooled fit)", "95% t-interval over seeds", "95% bootstrap over seeds",
                      "runs"], rows)
 
