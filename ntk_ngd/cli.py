@@ -145,7 +145,8 @@ def add_training_options(p, sweep: bool = False) -> None:
                         "factored (A + pi sqrt(rho)) (x) (B + ...); default tikhonov")
     g.add_argument("--force", action="store_true", help="run a method even where its stated conditions fail")
     g.add_argument("--steps", type=int, default=5, help="training steps T")
-    g.add_argument("--seed", type=int, default=[0] if sweep else 0, **many, help="network initialization seed(s)")
+    g.add_argument("--seed", type=int, default=[0] if sweep else 0, **many,
+                   help="network initialization seeds (one grid point each)" if sweep else "network initialization seed")
     g.add_argument("--no-analytic", action="store_true", help="skip the analytic (infinite-width) predictor")
     g.add_argument("--dtype", choices=ex.DTYPES, default="float64", help="floating point precision")
 
@@ -237,7 +238,8 @@ def cmd_sweep(a) -> int:
 def reproduce_config(a) -> ex.ReproduceConfig:
     t = lambda v: None if v is None else tuple(v)
     return ex.ReproduceConfig(dataset=a.dataset, data_path=a.data_path, quick=a.quick, n_train=a.n_train,
-                              n_test=a.n_test, width=a.width, depth=a.depth, steps=a.steps, seed=a.seed,
+                              n_test=a.n_test, width=a.width, depth=a.depth, activation=a.activation,
+                              sigma_b=a.sigma_b, steps=a.steps, seed=a.seed,
                               methods=t(a.methods), unit_wise_damping=a.unit_wise_damping,
                               forster_n_train=a.forster_n_train, sweep_widths=t(a.sweep_widths),
                               sweep_seeds=t(a.sweep_seeds), sweep_methods=t(a.sweep_methods),
@@ -360,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=int, default=None, help="hidden width (default 1024 quick, 4096 otherwise)")
     r.add_argument("--depth", type=int, default=3, help="number of weight layers L")
     r.add_argument("--steps", type=int, default=None, help="training steps (default 4 quick, 6 otherwise)")
+    r.add_argument("--activation", choices=("relu", "erf", "tanh", "linear"), default="relu",
+                   help="activation of every entry's network (paper: relu)")
+    r.add_argument("--sigma-b", type=float, default=0.0, help="bias scale sigma_b of every entry (paper: 0)")
     r.add_argument("--seed", type=int, default=0, help="network initialization seed of the single runs")
     r.add_argument("--methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the single-run entries (dynamics, test predictions); default: the paper's "

@@ -27,7 +27,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence, Union
 
-from .runtime import guard_cpu_thread_pool  # noqa: F401  (re-exported: the scripts call ex.guard_cpu_thread_pool)
+from . import runtime
+
+guard_cpu_thread_pool = runtime.guard_cpu_thread_pool  # the scripts call ex.guard_cpu_thread_pool
 
 import numpy as np
 
@@ -758,6 +760,8 @@ class ReproduceConfig:
     n_test: Optional[int] = None
     width: Optional[int] = None
     depth: int = 3
+    activation: str = PAPER["activation"]
+    sigma_b: float = PAPER["sigma_b"]
     steps: Optional[int] = None
     seed: int = 0
     methods: Optional[tuple] = None
@@ -793,7 +797,8 @@ class ReproduceConfig:
         r = self.resolved()
         return RunConfig(dataset=r.dataset, data_path=r.data_path, n_train=r.n_train, n_test=r.n_test,
                          width=r.width, depth=r.depth, steps=r.steps, seed=r.seed, dtype=r.dtype,
-                         **{k: PAPER[k] for k in ("activation", "sigma_w", "sigma_b", "damping", "lr", "classes")})
+                         activation=r.activation, sigma_b=r.sigma_b,
+                         **{k: PAPER[k] for k in ("sigma_w", "damping", "lr", "classes")})
 
     def to_dict(self) -> dict:
         return asdict(self.resolved())
@@ -836,7 +841,8 @@ def paper_forster(rc: ReproduceConfig, progress=None) -> tuple[dict, list]:
     without the Forster transform, unit-wise without (it needs M_0 >= N)."""
     r = rc.resolved()
     base = RunConfig(dataset="digits", n_train=r.forster_n_train, n_test=r.n_test, width=r.width, depth=r.depth,
-                     steps=r.steps, seed=r.seed, dtype=r.dtype, drop_constant=True)
+                     steps=r.steps, seed=r.seed, dtype=r.dtype, drop_constant=True, activation=r.activation,
+                     sigma_b=r.sigma_b)
     runs = [("kfac + Forster", base.replace(method="kfac", forster=True)),
             ("kfac raw", base.replace(method="kfac", force=True)),
             ("unit_wise raw", base.replace(method="unit_wise", force=True, damping=r.unit_wise_damping,

@@ -446,9 +446,11 @@ def write_reproduction(out_dir, rc, res: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     r = rc.resolved()
     setting = (f"{r.dataset}, classes 0 vs 1, N = {r.n_train} train / {r.n_test} test, L = {r.depth}, M = {r.width}, "
-               f"relu, sigma_w^2 = 2, sigma_b = 0, rho = 0, eta = eta* per method, {r.steps} steps, seed {r.seed}, "
+               f"{r.activation}, sigma_w^2 = 2, sigma_b = {r.sigma_b:g}, rho = 0, eta = eta* per method, {r.steps} steps, seed {r.seed}, "
                f"{r.dtype}")
-    cmd = "ntk-ngd reproduce" + (" --quick" if r.quick else "") + ("" if r.dataset == "digits" else
+    cmd = "ntk-ngd reproduce" + (" --quick" if r.quick else "") + (
+        "" if r.activation == "relu" else f" --activation {r.activation}") + (
+        "" if r.sigma_b == 0 else f" --sigma-b {r.sigma_b:g}") + ("" if r.dataset == "digits" else
                                                                     f" --dataset {r.dataset} --data-path PATH")
     sections = [("Setting", setting + f"\n\nRegenerate with `{cmd}` (sweeps resume from their stores). "
                  "Per-step numbers and configs: `reproduce.json`. Claims:\n\n"

@@ -251,3 +251,16 @@ def test_reproduce_on_local_files_in_the_paper_formats(tmp_path, capsys, dataset
     assert run["alpha"] == 1.0 and run["loss_ratio_nn"] < ratio
     assert run["loss_train"]["empirical"][1] < 1e-20  # the linearized model converges in one step
     assert (out / "dynamics.png").stat().st_size > 0 and "one_step" in capsys.readouterr().out
+
+
+def test_reproduce_activation_and_sigma_b_reach_every_entry():
+    """reproduce --activation erf --sigma-b 0.3: the entries' networks (single runs and sweeps)
+    are erf networks with sigma_b = 0.3, and the defaults stay the paper's."""
+    a = cli.build_parser().parse_args(["reproduce", "--quick", "--activation", "erf", "--sigma-b", "0.3"])
+    rc = cli.reproduce_config(a)
+    assert (rc.base().activation, rc.base().sigma_b) == ("erf", 0.3)
+    for kind in ("width", "damping"):
+        pts = ex.sweep_grid(rc, kind)
+        assert pts and all((p["activation"], p["sigma_b"]) == ("erf", 0.3) for p in pts), pts[:1]
+    default = cli.reproduce_config(cli.build_parser().parse_args(["reproduce", "--quick"])).base()
+    assert (default.activation, default.sigma_b) == (ex.PAPER["activation"], ex.PAPER["sigma_b"]) == ("relu", 0.0)
