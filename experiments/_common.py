@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ntk_ngd import experiments as ex
 
-ex.guard_cpu_thread_pool()  # before the first jax computation (see its docstring)
-import jax  # noqa: E402
+import jax  # noqa: E402  (import ntk_ngd above has set the CPU thread-pool guard)
 from ntk_ngd.report import save_json
 from ntk_ngd.store import run_meta
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from . import experiments as ex
 from .curvature import method_names
+from .model import ACTIVATIONS
 from .curvature.registry import describe
 from .plugins import ENV, load_plugins
 
@@ -122,7 +123,7 @@ def add_network_options(p, sweep: bool = False) -> None:
         g.add_argument("--widths", type=int, nargs="+", default=None,
                        help="all layer widths M_0 .. M_L (overrides --depth/--width; M_0, C must fit the data)")
     g.add_argument("--depth", type=int, default=3, help="number of weight layers L")
-    g.add_argument("--activation", choices=("relu", "erf", "tanh", "linear"), default="relu",
+    g.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="activation phi of the hidden layers")
     g.add_argument("--sigma-w", type=float, default=2 ** 0.5, help="weight scale sigma_w (paper: sigma_w^2 = 2)")
     g.add_argument("--sigma-b", type=float, default=0.0, help="bias scale sigma_b (paper: 0)")
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=int, default=None, help="hidden width (default 1024 quick, 4096 otherwise)")
     r.add_argument("--depth", type=int, default=3, help="number of weight layers L")
     r.add_argument("--steps", type=int, default=None, help="training steps (default 4 quick, 6 otherwise)")
-    r.add_argument("--activation", choices=("relu", "erf", "tanh", "linear"), default="relu",
+    r.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="activation of every entry's network (paper: relu)")
     r.add_argument("--sigma-b", type=float, default=0.0, help="bias scale sigma_b of every entry (paper: 0)")
     r.add_argument("--seed", type=int, default=0, help="network initialization seed of the single runs")
@@ -417,7 +418,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         raise SystemExit(f"ntk-ngd: error: {e}")
     args = build_parser().parse_args(argv)
-    ex.guard_cpu_thread_pool()
     import jax
     old = bool(jax.config.read("jax_enable_x64"))
     jax.config.update("jax_enable_x64", getattr(args, "dtype", "float64") == "float64")

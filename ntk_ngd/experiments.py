@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence, Union
 
 from . import runtime
 
-guard_cpu_thread_pool = runtime.guard_cpu_thread_pool  # the scripts call ex.guard_cpu_thread_pool
+guard_cpu_thread_pool = runtime.guard_cpu_thread_pool  # kept for user scripts (import ntk_ngd applies it)
 
 import numpy as np
 
