@@ -95,11 +95,13 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- options
 def add_data_options(p, reproduce: bool = False) -> None:
     g = p.add_argument_group("data")
-    choices = ("digits", "mnist", "cifar10") if reproduce else ex.DATASETS
+    choices = tuple(d for d in ex.DATASETS if d != "synthetic") if reproduce else ex.DATASETS
     g.add_argument("--dataset", choices=choices, default="digits",
                    help="digits: scikit-learn's bundled 8x8 digits (64 features); synthetic: Gaussian inputs with "
-                        "a linear teacher; mnist / cifar10: local files given by --data-path (never downloaded)")
-    g.add_argument("--data-path", default=None, help="MNIST / CIFAR-10 location (directory, archive or .npz)")
+                        "a linear teacher; mnist / cifar10: local files given by --data-path (never downloaded); "
+                        "npz / csv: your own data in the file --data-path (format: README, 'Your own data')")
+    g.add_argument("--data-path", default=None,
+                   help="MNIST / CIFAR-10 location (directory, archive or .npz), or your .npz / .csv file")
     g.add_argument("--n-train", type=int, default=None, help="training samples N (default: 32 digits / 100 paper)")
     g.add_argument("--n-test", type=int, default=None, help="test samples N' (default: 64 digits / 50 paper)")
     if reproduce:
@@ -206,6 +208,11 @@ def cmd_train(a) -> int:
     if a.json:
         save_json({"config": cfg.to_dict(), "meta": run_meta(), "result": s}, a.json)
         _log(f"wrote {a.json}")
+    if a.plot:
+        from .report import plot_dynamics
+        path = plot_dynamics({cfg.method: s}, a.plot, f"{cfg.method} on {cfg.dataset}: N = {cfg.n_train}, "
+                             f"widths {s['widths']}, {cfg.activation}, rho = {s['rho']:.3g}")
+        _log(f"wrote {path}")
     return 0
 
 
@@ -252,7 +259,8 @@ def cmd_reproduce(a) -> int:
     from .report import write_reproduction
     rc = reproduce_config(a)
     if rc.dataset != "digits" and not rc.data_path:
-        raise SystemExit(f"--dataset {rc.dataset} needs --data-path (local files; nothing is downloaded)")
+        raise SystemExit(f"ntk-ngd: error: --dataset {rc.dataset} needs --data-path (local files; nothing is "
+                         "downloaded)")
     run_dir = Path("results") / ("reproduce-quick" if rc.quick else f"reproduce-{rc.dataset}")
     store = Path(a.store or run_dir)
     res = run_reproduction(rc, a.skip, store, progress=not a.no_progress)
@@ -320,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module (or .py file) that registers methods before the command runs "
                         f"(also ${ENV}); repeatable")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = _Formatter
 
@@ -331,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_options(t)
     add_training_options(t)
     t.add_argument("--json", default=None, metavar="PATH", help="also write config, meta and all numbers as JSON")
+    t.add_argument("--plot", nargs="?", const="results/train/dynamics.png", default=None, metavar="PNG",
+                   help="draw the run's train/test loss: network, empirical- and analytic-kernel predictions "
+                        "(default path with no value: the ignored results/train/dynamics.png)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sweep", formatter_class=fmt, help="width x damping x method x seed grid into a store",
@@ -423,6 +435,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jax.config.update("jax_enable_x64", getattr(args, "dtype", "float64") == "float64")
     try:
         return args.func(args)
+    except Exception as e:  # one line, exit 2; --debug shows the traceback
+        if args.debug:
+            raise
+        kind = "" if type(e) is ValueError else f"{type(e).__name__}: "
+        print(f"ntk-ngd: error: {kind}{e} (--debug shows the traceback)", file=sys.stderr)
+        return 2
     finally:
         jax.config.update("jax_enable_x64", old)
 

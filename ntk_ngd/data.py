@@ -30,26 +30,58 @@ import gzip
 import os
 import pickle
 import tarfile
+import zipfile
 from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 __all__ = [
     "Dataset", "synthetic", "digits", "load_mnist", "load_cifar10", "preprocess",
-    "normalize_rows", "forster_fit", "forster_apply", "make_dataset", "read_idx",
-    "DATASETS",
+    "normalize_rows", "forster_fit", "forster_apply", "make_dataset", "read_idx", "load_arrays",
+    "DATASETS", "USER_FORMATS",
 ]
 
 _NO_DOWNLOAD = "ntk_ngd never downloads data: obtain the files yourself and pass their location as path."
 
 
 class Dataset(NamedTuple):
-    """x_train (N, M_0), y_train (N, C), x_test (N', M_0), y_test (N', C): float64 numpy; info: dict."""
+    """x_train (N, M_0), y_train (N, C), x_test (N', M_0), y_test (N', C): float64 numpy; info: dict
+    (see the module docstring; :meth:`from_arrays` builds one from a user's own arrays)."""
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: Optional[np.ndarray]
+    y_test: Optional[np.ndarray]
     info: dict
+
+    @classmethod
+    def from_arrays(cls, x_train, y_train, x_test=None, y_test=None, *, name: str = "arrays",
+                    preprocessing: bool = False, **info) -> "Dataset":
+        """A Dataset from a user's arrays, used as given (targets are what the network fits).
+
+        x_train (N, ...) numeric, flattened to (N, M_0); y_train (N,) or (N, C) targets; x_test,
+        y_test the same for N' test samples, or both None (no test set). ``preprocessing=True``
+        applies the paper's :func:`preprocess` (train statistics) to both inputs. Extra keywords
+        go into ``info``, beside name, n_train, n_test, dim, n_outputs, targets ("values"),
+        preprocessing. Every array is checked: shapes, numeric dtype, finiteness."""
+        xtr = _as_float_matrix(x_train, "x_train")
+        ytr = _as_targets(y_train, xtr.shape[0], "y_train")
+        if (x_test is None) != (y_test is None):
+            raise ValueError("give both x_test and y_test, or neither")
+        xte = yte = None
+        if x_test is not None:
+            xte = _as_float_matrix(x_test, "x_test", allow_empty=True)
+            yte = _as_targets(y_test, xte.shape[0], "y_test")
+            if xte.shape[1] != xtr.shape[1] or yte.shape[1] != ytr.shape[1]:
+                raise ValueError(f"x_test, y_test have {xte.shape[1]} features and {yte.shape[1]} outputs per sample, "
+                                 f"x_train, y_train {xtr.shape[1]} and {ytr.shape[1]}")
+        steps = ["flatten"]
+        if preprocessing:
+            xtr, xte, pinfo = preprocess(xtr, xte, return_info=True)
+            steps = pinfo["steps"]
+        base = {"name": name, "n_train": int(xtr.shape[0]), "n_test": 0 if xte is None else int(xte.shape[0]),
+                "dim": int(xtr.shape[1]), "n_outputs": int(ytr.shape[1]), "targets": "values",
+                "target_values": "as given", "preprocessing": "; ".join(steps), "forster": False}
+        return cls(xtr, ytr, xte, yte, {**base, **info})
 
 
 # ----------------------------------------------------------------------------- checks
@@ -65,15 +97,28 @@ def _check_finite(x: np.ndarray, what: str) -> None:
                              "clean the data first (no imputation is done here)")
 
 
-def _as_float_matrix(x, what: str) -> np.ndarray:
-    """(N, ...) array -> float64 (N, prod(...)), finite, N >= 1."""
+def _as_float_matrix(x, what: str, allow_empty: bool = False) -> np.ndarray:
+    """(N, ...) array -> float64 (N, prod(...)), finite, N >= 1 (N >= 0 with ``allow_empty``)."""
     x = np.asarray(x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"{what} must be a non-empty array of shape (N, ...), got shape {x.shape}")
+    if x.ndim < 1 or (x.shape[0] == 0 and not allow_empty) or (x.shape[0] and x.size == 0):
+        raise ValueError(f"{what} must be a non-empty array of shape (N, features...), got shape {x.shape}")
     if x.dtype.kind not in "biuf":
-        raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
+        raise ValueError(f"{what} must be a real numeric array, got dtype {x.dtype}")
     _check_finite(x, what)
     return np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
+
+
+def _as_targets(y, n: int, what: str) -> np.ndarray:
+    """Targets (n,) or (n, C) -> float64 (n, C), finite."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be a real numeric array, got dtype {y.dtype}")
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n or y.shape[1] == 0:
+        raise ValueError(f"{what} must have shape ({n},) or ({n}, C) (one target row per sample), got {y.shape}")
+    _check_finite(y, what)
+    return np.asarray(y, dtype=np.float64)
 
 
 def _as_labels(y, n: int, what: str) -> np.ndarray:
@@ -330,14 +375,18 @@ def _finish(name: str, xtr_raw, ltr, xte_raw, lte, classes, targets, *, forster:
         xtr, xte = forster_apply(T, xtr), forster_apply(T, xte)
         finfo = dict(finfo, map=T)
         pinfo["steps"] = pinfo["steps"] + ["Forster transform (fitted on train; test: same map, rows to unit norm)"]
-    ytr, tinfo = _targets(ltr, classes, targets)
-    yte, _ = _targets(lte, classes, targets)
-    info = {"name": name, "classes": tuple(classes), "n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0]),
+    if classes is None:  # regression: ltr, lte are the target values (n, C), used as given
+        ytr, yte, tinfo = ltr, lte, {"targets": "values", "target_values": "as given"}
+        ltr = lte = None
+    else:
+        ytr, tinfo = _targets(ltr, classes, targets)
+        yte, _ = _targets(lte, classes, targets)
+    info = {"name": name, "classes": None if classes is None else tuple(classes), "n_train": int(xtr.shape[0]), "n_test": int(xte.shape[0]),
             "dim": int(xtr.shape[1]), "n_outputs": int(ytr.shape[1]), **tinfo,
             "preprocessing": "; ".join(pinfo["steps"]), "preprocessing_info": pinfo,
             "forster": bool(forster), "forster_info": finfo,
-            "labels_train": np.asarray(ltr, dtype=np.int64), "labels_test": np.asarray(lte, dtype=np.int64),
-            **extra}
+            "labels_train": None if ltr is None else np.asarray(ltr, dtype=np.int64),
+            "labels_test": None if lte is None else np.asarray(lte, dtype=np.int64), **extra}
     return Dataset(xtr, ytr, xte, yte, info)
 
 
@@ -622,15 +671,155 @@ def load_cifar10(path, classes: Optional[Sequence[int]] = (0, 1), n_train: int =
                         preprocessing, drop_constant, pca_dim, forster_kw)
 
 
+# ----------------------------------------------------------------------------- a user's own files
+
+USER_FORMATS = ("npz", "csv")
+_USER_EXPECTED = {
+    "npz": ("an .npz file (numpy.savez) with arrays x_train, y_train, x_test, y_test, or with x and y "
+            "(then split into n_train / n_test disjoint samples by seed); x: (n, features...) numeric; "
+            "y: integer class labels (n,) or real targets (n,) / (n, C)"),
+    "csv": ("a .csv file, one sample per row, numeric columns: the features, then the target in the "
+            "last column (integers only: class labels; otherwise a real target, C = 1); an optional "
+            "header row; split into n_train / n_test disjoint samples by seed"),
+}
+
+
+def _read_user_npz(path: str) -> dict:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable .npz file ({type(e).__name__}: {e}); expected "
+                         f"{_USER_EXPECTED['npz']}") from None
+    if isinstance(f, np.ndarray):
+        raise ValueError(f"{path!r} holds a single array, not an .npz archive; expected {_USER_EXPECTED['npz']}")
+    with f:
+        for keys in (("x_train", "y_train", "x_test", "y_test"), ("x", "y")):
+            if set(keys) <= set(f.files):
+                try:
+                    return {k: np.asarray(f[k]) for k in keys}
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated member
+                    raise ValueError(f"{path!r}: cannot read its arrays ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{path!r} has arrays {sorted(f.files)}; expected {_USER_EXPECTED['npz']}")
+
+
+def _read_csv(path: str) -> dict:
+    import csv
+    with open(path, newline="") as fh:
+        lines = [(i + 1, row) for i, row in enumerate(csv.reader(fh)) if any(c.strip() for c in row)]
+    if not lines:
+        raise ValueError(f"{path!r} is empty; expected {_USER_EXPECTED['csv']}")
+    header = None
+    try:
+        [float(c) for c in lines[0][1]]
+    except ValueError:
+        header, lines = lines[0][1], lines[1:]
+    if not lines:
+        raise ValueError(f"{path!r} has a header row and no data rows")
+    ncol = len(lines[0][1])
+    values = []
+    for lineno, row in lines:
+        if len(row) != ncol:
+            raise ValueError(f"{path!r} line {lineno}: {len(row)} columns, the first data row has {ncol}")
+        try:
+            values.append([float(c) for c in row])
+        except ValueError:
+            bad = next(c for c in row if not _is_float(c))
+            raise ValueError(f"{path!r} line {lineno}: {bad!r} is not a number") from None
+    if ncol < 2:
+        raise ValueError(f"{path!r} has {ncol} column(s); expected at least one feature column and the target")
+    table = np.array(values)
+    _check_finite(table, f"{path!r}")
+    return {"x": table[:, :-1], "y": table[:, -1], "header": header}
+
+
+def _is_float(c: str) -> bool:
+    try:
+        float(c)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_labels(y: np.ndarray) -> bool:
+    """Class labels: integer or bool dtype, or (a CSV column) integral real values, one per sample."""
+    y = np.asarray(y)
+    flat = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+    if y.dtype.kind in "biu":
+        return flat
+    return flat and y.dtype.kind == "f" and y.size > 0 and bool(np.all(np.isfinite(y) & (y == np.round(y))))
+
+
+def load_arrays(path, format: Optional[str] = None, classes: Optional[Sequence[int]] = (0, 1),
+                n_train: int = 100, n_test: int = 50, seed: int = 0, forster: bool = False,
+                targets: str = "auto", *, preprocessing: bool = True, drop_constant: Optional[bool] = None,
+                pca_dim: Optional[int] = None, forster_kw: Optional[dict] = None) -> Dataset:
+    """A user's own data from an .npz or .csv file (``format``: "npz" | "csv", default from the suffix);
+    the formats are in ``USER_FORMATS`` / the README. Nothing is downloaded.
+
+    Class labels (integer y) go through the paper's conventions as for MNIST: ``classes``, balanced
+    samples, +-0.5 targets for two classes, one-hot for more. Real-valued y are regression targets
+    (n, C), used as given (``classes`` ignored), on n_train / n_test random rows. A single table (x, y
+    or a CSV) is split into disjoint train and test samples by ``seed``. Inputs: the paper's
+    :func:`preprocess` unless ``preprocessing=False``. Returns x_train (N, M_0), y_train (N, C), ...
+    """
+    path = os.fspath(path)
+    fmt = format or os.path.splitext(path)[1].lstrip(".").lower()
+    if fmt not in USER_FORMATS:
+        raise ValueError(f"format must be one of {list(USER_FORMATS)} (or a path ending in .npz / .csv), "
+                         f"got {format or path!r}")
+    if not os.path.isfile(path):
+        raise _not_found(f"{fmt} data file", path, _USER_EXPECTED[fmt])
+    raw = _read_user_npz(path) if fmt == "npz" else _read_csv(path)
+    name = f"{fmt}:{os.path.basename(path)}"
+    extra = {"seed": seed, "source": path, "format": fmt}
+    if "x_train" in raw:
+        if _is_labels(raw["y_train"]):
+            return _from_splits(name, raw, path, classes, n_train, n_test, seed, forster, targets,
+                                preprocessing, drop_constant, pca_dim, forster_kw)
+        parts = {k: (_as_float_matrix(raw[f"x_{k}"], f"{name} x_{k}"), raw[f"y_{k}"]) for k in ("train", "test")}
+        parts = {k: (x, _as_targets(y, x.shape[0], f"{name} y_{k}")) for k, (x, y) in parts.items()}
+        rng = np.random.default_rng(seed)
+        itr, ite = (_random_rows(parts[k][0].shape[0], n, rng, f"{name} {k} split")
+                    for k, n in (("train", n_train), ("test", n_test)))
+        return _finish(name, parts["train"][0][itr], parts["train"][1][itr], parts["test"][0][ite],
+                       parts["test"][1][ite], None, targets, forster=forster, preprocessing=preprocessing,
+                       drop_constant=drop_constant, pca_dim=pca_dim, forster_kw=forster_kw,
+                       extra={**extra, "indices_train": itr, "indices_test": ite})
+    x = _as_float_matrix(raw["x"], f"{name} x")
+    rng = np.random.default_rng(seed)
+    if _is_labels(raw["y"]):
+        labels = _as_labels(raw["y"], x.shape[0], f"{name} y")
+        classes = _check_classes(classes, labels, name)
+        itr = _balanced_indices(labels, classes, int(n_train), rng, f"{name} training samples")
+        ite = _balanced_indices(labels, classes, int(n_test), rng, f"{name} test samples (disjoint from training)",
+                                exclude=itr)
+        ytr, yte = labels[itr], labels[ite]
+    else:
+        y = _as_targets(raw["y"], x.shape[0], f"{name} y")
+        rows = _random_rows(x.shape[0], int(n_train) + int(n_test), rng, f"{name} (train + test samples)")
+        itr, ite = rows[:int(n_train)], rows[int(n_train):]
+        ytr, yte, classes = y[itr], y[ite], None
+    return _finish(name, x[itr], ytr, x[ite], yte, classes, targets, forster=forster, preprocessing=preprocessing,
+                   drop_constant=drop_constant, pca_dim=pca_dim, forster_kw=forster_kw,
+                   extra={**extra, "indices_train": itr, "indices_test": ite})
+
+
+def _random_rows(n_rows: int, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    if n > n_rows:
+        raise ValueError(f"{what}: asked for {n} samples, the file has {n_rows}")
+    return rng.permutation(n_rows)[:n]
+
+
 # ----------------------------------------------------------------------------- dispatcher
 
-DATASETS = ("synthetic", "digits", "mnist", "cifar10")
+DATASETS = ("synthetic", "digits", "mnist", "cifar10") + USER_FORMATS
 _ALIASES = {"cifar": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10", "sklearn_digits": "digits"}
 
 
 def make_dataset(name: str, **kw: Any) -> Dataset:
     """Build a dataset by name: "synthetic" (n_train, n_test, dim, ...), "digits" (...),
-    "mnist" / "cifar10" (path=..., ...). Keyword arguments go to the builder."""
+    "mnist" / "cifar10" (path=..., ...), "npz" / "csv" (a user's file, path=...; :func:`load_arrays`).
+    Keyword arguments go to the builder."""
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key == "synthetic":
         return synthetic(**kw)
@@ -641,4 +830,8 @@ def make_dataset(name: str, **kw: Any) -> Dataset:
             expected = _MNIST_EXPECTED if key == "mnist" else _CIFAR_EXPECTED
             raise ValueError(f"dataset {key!r} needs path=... pointing to local files: {expected}. {_NO_DOWNLOAD}")
         return (load_mnist if key == "mnist" else load_cifar10)(**kw)
+    if key in USER_FORMATS:
+        if kw.get("path") is None:
+            raise ValueError(f"dataset {key!r} needs path=... (--data-path): {_USER_EXPECTED[key]}")
+        return load_arrays(format=key, **kw)
     raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")

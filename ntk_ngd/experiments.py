@@ -33,7 +33,8 @@ guard_cpu_thread_pool = runtime.guard_cpu_thread_pool  # kept for user scripts (
 
 import numpy as np
 
-DATASETS = ("digits", "synthetic", "mnist", "cifar10")
+DATASETS = ("digits", "synthetic", "mnist", "cifar10", "npz", "csv")
+FILE_DATASETS = ("mnist", "cifar10", "npz", "csv")  # read data_path
 DTYPES = ("float64", "float32")
 DAMPING_SCALES = ("absolute", "per_width")
 
@@ -43,7 +44,8 @@ DAMPING_SCALES = ("absolute", "per_width")
 class RunConfig:
     """One network trained with one method and compared with its predictors.
 
-    Data: ``dataset`` (digits | synthetic | mnist | cifar10; mnist/cifar10 read ``data_path``),
+    Data: ``dataset`` (digits | synthetic | mnist | cifar10 | npz | csv; all but the first two read
+    the local file(s) ``data_path``; npz / csv: a user's own data, see ``ntk_ngd.data.load_arrays``),
     two ``classes`` give +-0.5 scalar targets, ``n_train``/``n_test`` samples drawn with
     ``data_seed``; ``dim`` is the synthetic input dimension; ``forster`` fits the Forster map on
     the training inputs (implies dropping constant features unless ``drop_constant`` is given);
@@ -94,6 +96,9 @@ class RunConfig:
         method_object(self)  # unknown methods and unknown or ill-typed options fail here
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.dataset in FILE_DATASETS and not self.data_path:
+            raise ValueError(f"dataset {self.dataset!r} reads local files: give data_path (--data-path); "
+                             "nothing is downloaded")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.damping_scale not in DAMPING_SCALES:
@@ -162,7 +167,7 @@ def _dataset(dataset, data_path, classes, n_train, n_test, data_seed, dim, forst
         return make_dataset("synthetic", n_train=n_train, n_test=n_test, dim=dim, seed=data_seed, forster=forster)
     kw = dict(classes=classes, n_train=n_train, n_test=n_test, seed=data_seed, forster=forster,
               drop_constant=drop_constant, pca_dim=pca_dim)
-    if dataset in ("mnist", "cifar10"):
+    if dataset in FILE_DATASETS:
         kw["path"] = data_path
     return make_dataset(dataset, **kw)
 
@@ -457,12 +462,53 @@ def fit_power_law(rows: Sequence[dict], metric: str, x: str = "width", seed: str
             "widths": sorted(int(v) for v in np.unique(xs))}
 
 
+def _hashable(v):
+    return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def group_rows(rows: Sequence[dict], keys: Sequence[str]) -> dict:
-    """{tuple(values of keys): [rows]} in first-seen order."""
+    """{tuple(values of keys): [rows]} in first-seen order (list values compare as tuples)."""
     out: dict = {}
     for r in rows:
-        out.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+        out.setdefault(tuple(_hashable(r.get(k)) for k in keys), []).append(r)
     return out
+
+
+def config_fields(rows: Sequence[dict]) -> list:
+    """The RunConfig columns of flat store rows: every field (``lr_config`` for the configured lr
+    where ``store_rows`` moved the resolved eta into ``lr``) and the ``options.*`` columns."""
+    moved = any("lr_config" in r for r in rows)
+    names = [("lr_config" if f.name == "lr" and moved else f.name) for f in dataclasses.fields(RunConfig)
+             if f.name != "options"]
+    return names + sorted({k for r in rows for k in r if k.startswith("options.")})
+
+
+def varying_fields(rows: Sequence[dict], exclude: Sequence[str] = ()) -> list:
+    """Config fields whose value differs between ``rows``, except the seed and ``exclude``: the
+    fields a summary must group by so that it never pools different settings as seeds."""
+    skip = {"seed", *exclude}
+    return [f for f in config_fields(rows) if f not in skip and len({_hashable(r.get(f)) for r in rows}) > 1]
+
+
+def common_fields(rows: Sequence[dict]) -> dict:
+    """{config field: value} of the fields every row shares (None-valued ones left out)."""
+    keep = [f for f in config_fields(rows) if f != "seed" and len({_hashable(r.get(f)) for r in rows}) == 1]
+    return {f: rows[0].get(f) for f in keep if rows and rows[0].get(f) is not None}
+
+
+def _grouping(rows, by, axes):
+    """``by`` as given, or method + every varying config field except the seed and the x ``axes``."""
+    if by is not None:
+        return tuple(by)
+    return ("method",) + tuple(f for f in varying_fields(rows, axes) if f != "method")
+
+
+def _no_fit_reason(rs, metric) -> str:
+    vals = [(r["width"], r.get(metric)) for r in rs]
+    good = {w for w, v in vals if v is not None and np.isfinite(v) and v > 0}
+    if len({w for w, _ in vals}) < 2:
+        return f"one width (M = {vals[0][0]}); a fit needs two or more"
+    return f"positive finite values at {len(good)} width(s); a fit needs two or more"
 
 
 def mean_by(rows, keys, metric):
@@ -482,37 +528,46 @@ WIDTH_METRICS = ("err_emp_max", "err_an_max", "err_ideal_max", "ratio_nn", "iso_
 DAMPING_METRICS = ("err_ideal_max", "err_emp_max")
 
 
-def width_summary(rows: Sequence[dict], metrics: Sequence[str] = WIDTH_METRICS,
-                  by=("method", "damping", "damping_scale")) -> dict:
-    """Per group (method, damping as configured): mean +- std over seeds per width, and a
-    power-law fit per metric.
+def width_summary(rows: Sequence[dict], metrics: Sequence[str] = WIDTH_METRICS, by: Optional[Sequence[str]] = None) -> dict:
+    """Per group: mean +- std over seeds per width, and a power-law fit per metric.
 
+    Groups: ``by``, by default the method and every other config field that varies between the
+    rows except the seed and the width (activation, depth, N, dataset, damping, options, ...), so
+    runs of different settings are never pooled as seeds; ``group`` holds those fields' values.
     Metrics whose values are all at round-off level (e.g. the isotropy error of exact NGD,
-    which is 0 at every width) are reported as such instead of fitted."""
+    which is 0 at every width) are reported as such instead of fitted; a metric without a fit
+    says why (``no_fit``)."""
+    by = _grouping(rows, by, ("width",))
     out = []
     for k, rs in group_rows(rows, by).items():
-        entry = {**dict(zip(by, k)), "widths": sorted({r["width"] for r in rs}), "metrics": {}}
+        group = dict(zip(by, k))
+        entry = {"method": rs[0].get("method"), "damping": rs[0].get("damping"),
+                 "damping_scale": rs[0].get("damping_scale"), **group, "group": group,
+                 "widths": sorted({r["width"] for r in rs}), "metrics": {}}
         for m in metrics:
             vals = [r.get(m) for r in rs if r.get(m) is not None]
             if not vals:
                 continue
             means = mean_by(rs, ["width"], m)
             roundoff = max(abs(v) for v in vals) < 1e-10
-            entry["metrics"][m] = {"by_width": means, "roundoff": roundoff,
-                                   "fit": None if roundoff else fit_power_law(rs, m)}
+            fit = None if roundoff else fit_power_law(rs, m)
+            entry["metrics"][m] = {"by_width": means, "roundoff": roundoff, "fit": fit,
+                                   "no_fit": None if fit or roundoff else _no_fit_reason(rs, m)}
         out.append(entry)
-    return {"groups": out}
+    return {"groups": out, "by": list(by), "common": common_fields(rows)}
 
 
 # ----------------------------------------------------------------------------- (c, d) damping
-def damping_summary(rows: Sequence[dict], metric: str = "err_ideal_max", by=("method",)) -> dict:
+def damping_summary(rows: Sequence[dict], metric: str = "err_ideal_max", by: Optional[Sequence[str]] = None) -> dict:
     """Per group: widths x dampings matrix of the mean ``metric`` over seeds (for heat maps and
     error-vs-rho curves), the best damping per width, and whether the curve is U-shaped.
 
+    Groups as in :func:`width_summary` (every varying config field except seed, width and damping).
     The default metric, the distance of the network from the isotropic rho -> 0 theory
     (1 - eta alpha)^t, shows both regimes: damping bias at large rho, growing finite-width
     error at small rho. ``err_emp_max`` (vs the *damped* linearized model) shows the
     linearization error alone, which large damping shrinks (the steps get small)."""
+    by = _grouping(rows, by, ("width", "damping"))
     groups = []
     for k, rs in group_rows(rows, by).items():
         widths = sorted({r["width"] for r in rs})
@@ -530,11 +585,13 @@ def damping_summary(rows: Sequence[dict], metric: str = "err_ideal_max", by=("me
                 j = int(np.nanargmin(row))
                 best[int(w)] = {"damping": dampings[j], metric: float(row[j]),
                                 "u_shaped": bool(0 < j < len(dampings) - 1)}
-        groups.append({**dict(zip(by, k)), "metric": metric, "widths": widths, "dampings": dampings,
+        group = dict(zip(by, k))
+        groups.append({"method": rs[0].get("method"), **group, "group": group, "metric": metric,
+                       "widths": widths, "dampings": dampings,
                        "damping_scale": rs[0].get("damping_scale", "absolute"),
                        "matrix": [[None if not np.isfinite(v) else float(v) for v in r] for r in mat],
                        "best": best})
-    return {"groups": groups}
+    return {"groups": groups, "by": list(by), "common": common_fields(rows)}
 
 
 # ----------------------------------------------------------------------------- (e) test outputs

@@ -6,9 +6,7 @@ Every ``plot_*`` takes the plain dicts that ``ntk_ngd.experiments`` returns and 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,10 +30,6 @@ def save_json(obj, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(obj, indent=1, sort_keys=False, allow_nan=True) + "\n")
     return path
-
-
-def load_json(path):
-    return json.loads(Path(path).read_text())
 
 
 def _cell(v):
@@ -102,28 +96,38 @@ def _colors(n):
 
 
 # ----------------------------------------------------------------------------- (a) dynamics
+def _integer_steps(ax):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
 def plot_dynamics(dyn: dict, path, title: str = "") -> Path:
-    """Train and test loss per step: network (solid), empirical-kernel prediction (dashed),
-    analytic-kernel prediction (dotted), one colour per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (label, s), col in zip(dyn.items(), _colors(len(dyn))):
-        for ax, key in zip(axes, ("loss_train", "loss_test")):
-            t = s["steps"]
-            ax.plot(t, _clip(s[key]["nn"]), "o-", color=col, label=f"{label} (NN)")
+    """Train and test loss per step, one panel per method: network (markers, solid), empirical-kernel
+    prediction (dashed) and analytic-kernel prediction (dotted), each named in the panel's legend."""
+    n = len(dyn)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 7.0), 3.4 * rows + 0.4), squeeze=False)
+    for ax, (label, s) in zip(axes.flat, dyn.items()):
+        t = s["steps"]
+        for key, col, name in (("loss_train", "C0", "train"), ("loss_test", "C1", "test")):
+            ax.plot(t, _clip(s[key]["nn"]), "o-", color=col, ms=3, label=f"{name}: network")
             if s[key].get("empirical"):
-                ax.plot(t, _clip(s[key]["empirical"]), "--", color=col, alpha=0.8)
+                ax.plot(t, _clip(s[key]["empirical"]), "--", color=col, alpha=0.8,
+                        label=f"{name}: empirical-kernel prediction")
             if s[key].get("analytic"):
-                ax.plot(t, _clip(s[key]["analytic"]), ":", color=col, alpha=0.8)
-    for ax, name in zip(axes, ("train loss", "test loss")):
+                ax.plot(t, _clip(s[key]["analytic"]), ":", color=col, lw=2, alpha=0.8,
+                        label=f"{name}: analytic-kernel prediction")
         ax.set_yscale("log")
+        _integer_steps(ax)
         ax.set_xlabel("step t")
-        ax.set_ylabel(name)
+        ax.set_ylabel("loss")
+        ax.set_title(f"{label} (eta = {s['lr']:.3g})", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_title("train (solid: NN, dashed: empirical kernels, dotted: analytic)")
-    axes[1].set_title("test")
-    axes[1].legend(fontsize=7, loc="best")
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -146,11 +150,38 @@ METRIC_LABELS = {"err_emp_max": "max_t e_t, empirical-kernel predictor (lineariz
                  "err_emp_test_max": "max_t test e_t, empirical-kernel predictor"}
 
 
+METRIC_AXIS = {"err_emp_max": "max_t e_t (empirical kernels)", "err_an_max": "max_t e_t (analytic kernels)",
+               "err_ideal_max": "max_t e_t (theory (1 - eta alpha)^t)",
+               "err_an_test_max": "max_t test e_t (analytic kernels)",
+               "err_emp_test_max": "max_t test e_t (empirical kernels)", "ratio_nn": "||f_1 - y|| / ||f_0 - y||",
+               "iso_err": "||Theta_G / alpha - I||", "drift": "kernel drift ||Theta_T - Theta_0|| / ||Theta_0||"}
+
+
+def _fmt_field(k, v) -> str:
+    k = k.removeprefix("options.").removesuffix("_config")
+    return f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+
+
 def _group_label(g):
-    d = g.get("damping")
-    if not d:
-        return g["method"]
-    return g["method"] + (f" (rho={d:.2g}/M)" if g.get("damping_scale") == "per_width" else f" (rho={d:.2g})")
+    """The method and every other grouping field (the settings that vary in the store), e.g.
+    ``kfac (activation=erf, rho=0.001)``; a per-width damping reads rho=d/M."""
+    parts = []
+    for k, v in g.get("group", {}).items():
+        if k in ("method", "damping_scale"):
+            continue
+        if k == "damping":
+            parts.append(f"rho={v:.2g}" + ("/M" if g.get("damping_scale") == "per_width" else ""))
+        else:
+            parts.append(_fmt_field(k, v))
+    if "group" not in g and g.get("damping"):  # a summary built with an explicit ``by`` of old
+        parts.append(f"rho={g['damping']:.2g}" + ("/M" if g.get("damping_scale") == "per_width" else ""))
+    return g["method"] + (f" ({', '.join(parts)})" if parts else "")
+
+
+def common_line(summary: dict) -> str:
+    """The settings shared by every run of a summary, as one line."""
+    c = {k: v for k, v in summary.get("common", {}).items() if k not in ("method",)}
+    return ", ".join(_fmt_field(k, v) for k, v in c.items())
 
 
 def _width_points(entry):
@@ -196,7 +227,7 @@ def plot_width(summary: dict, metric: str, path) -> Optional[Path]:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("hidden width M")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(METRIC_AXIS.get(metric, metric))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         ax.set_title(METRIC_LABELS.get(metric, metric) if gs is small else "groups with runs that left the linear regime (error > 1)",
@@ -223,7 +254,7 @@ def width_table(summary: dict, metric: str) -> str:
         if m["roundoff"]:
             rows.append([_group_label(g), "round-off (0 at every width)", None, None, None])
         elif f is None:
-            rows.append([_group_label(g), "not fitted", None, None, None])
+            rows.append([_group_label(g), "not fitted: " + (m.get("no_fit") or "too few widths"), None, None, None])
         else:
             k = len(f["exponent_per_seed"])
             rows.append([_group_label(g), f["exponent"], fmt_interval(f["ci"], k), fmt_interval(f["bootstrap_ci"], k),
@@ -259,8 +290,8 @@ def plot_damping(dsum: dict, path) -> Optional[Path]:
             ax.axvline(zero * 3, color="gray", lw=0.5)  # rho = 0 sits left of this line
         unit = "rho x M" if g.get("damping_scale") == "per_width" else "rho"
         ax.set_xlabel(f"damping ({unit})")
-        ax.set_ylabel(g["metric"])
-        ax.set_title(g.get("method", ""))
+        ax.set_ylabel(METRIC_AXIS.get(g["metric"], g["metric"]))
+        ax.set_title(_group_label(g), fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -286,7 +317,7 @@ def plot_heatmap(dsum: dict, path) -> Optional[Path]:
         unit = "rho x M" if g.get("damping_scale") == "per_width" else "rho"
         ax.set_xlabel(f"damping ({unit})")
         ax.set_ylabel("width M")
-        ax.set_title(f"{g.get('method', '')}: log10 {g['metric']}", fontsize=9)
+        ax.set_title(f"{_group_label(g)}: log10 {METRIC_AXIS.get(g['metric'], g['metric'])}", fontsize=8)
         fig.colorbar(im, ax=ax)
     return _save(fig, path)
 
@@ -295,7 +326,7 @@ def damping_table(dsum: dict) -> str:
     rows = []
     for g in dsum["groups"]:
         for w, b in g["best"].items():
-            rows.append([g.get("method"), w, b["damping"], b[g["metric"]], "yes" if b["u_shaped"] else "no"])
+            rows.append([_group_label(g), w, b["damping"], b[g["metric"]], "yes" if b["u_shaped"] else "no"])
     return md_table(["method", "width", "best damping", "error at best", "interior optimum"], rows)
 
 
@@ -339,6 +370,7 @@ def plot_kfac_lr(kf: dict, path) -> Path:
         ax.plot(t, _clip(r["curve_paper"]), "^:", color="C3",
                 label=f"L0 (1 - eta alpha)^2t, alpha = {r['alpha_paper']:.0f} (N L)")
         ax.set_yscale("log")
+        _integer_steps(ax)
         ax.set_xlabel("step t")
         ax.set_ylabel("train loss")
         ax.set_title(f"eta = {r['lr']:.4g} ({label} constant); follows: {r['follows']}", fontsize=9)
@@ -361,7 +393,7 @@ def claims_table(claims) -> str:
 
 
 # ----------------------------------------------------------------------------- stores
-SCALAR_COLUMNS = ("key", "status", "method", "width", "depth", "damping", "damping_scale", "seed", "dataset",
+SCALAR_COLUMNS = ("key", "status", "method", "width", "depth", "activation", "damping", "damping_scale", "seed", "dataset",
                   "n_train", "n_test", "steps", "lr", "rho", "alpha", "alpha_paper", "err_emp_max", "err_an_max",
                   "err_emp_1", "err_emp_test_max", "err_an_test_max", "iso_err", "spec_min", "spec_max",
                   "ratio_nn", "ratio_pred", "ratio_theory", "loss_ratio_nn", "drift", "loss_train_final",
@@ -385,23 +417,28 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
     Width varies -> power-law fits per (method, rho) and log-log plots per metric; damping
     varies -> error-vs-rho curves and width x rho heat maps (``kinds`` selects which of the two
     analyses to do). Returns the summary dict (also written as ``{name}_summary.json``)."""
-    from .experiments import DAMPING_METRICS, WIDTH_METRICS, damping_summary, width_summary
+    from .experiments import DAMPING_METRICS, WIDTH_METRICS, damping_summary, varying_fields, width_summary
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = store_rows(store)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
-    save_csv(rows, out / f"{name}_runs.csv", [c for c in SCALAR_COLUMNS if any(c in r for r in rows)])
-    summary = {"n_ok": len(ok), "n_error": len(errors), "errors": [{k: r.get(k) for k in (
+    varying = varying_fields(rows)  # every config field that differs between runs is a CSV column
+    columns = list(dict.fromkeys([c for c in SCALAR_COLUMNS[:3] if any(c in r for r in rows)] + varying
+                                 + [c for c in SCALAR_COLUMNS[3:] if any(c in r for r in rows)]))
+    save_csv(rows, out / f"{name}_runs.csv", columns)
+    summary = {"n_ok": len(ok), "n_error": len(errors), "varying": varying, "errors": [{k: r.get(k) for k in (
         "method", "width", "damping", "seed", "error")} for r in errors]}
     sections, figures = [], []
     metrics = list(metrics or WIDTH_METRICS)
     from .experiments import group_rows
-    by_setting = group_rows(ok, ("method", "damping", "damping_scale")).values()
-    if "width" in kinds and any(len({r["width"] for r in rs}) >= 3 for rs in by_setting):  # else no exponent
+    if "width" in kinds:
+        by = ("method",) + tuple(f for f in varying_fields(ok, ("width",)) if f != "method")
+        n_widths = {k: len({r["width"] for r in rs}) for k, rs in group_rows(ok, by).items()}
+    if "width" in kinds and any(n >= 3 for n in n_widths.values()):  # else no exponent worth fitting
         ws = width_summary(ok, metrics)
         summary["width"] = ws
-        body = []
+        body = [f"Grouped by {', '.join(ws['by'])}; common setting: {common_line(ws) or '-'}."]
         for m in metrics:
             p = plot_width(ws, m, out / f"{name}_width_{m}.png")
             if p is None:
@@ -409,6 +446,11 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
             figures.append(p.name)
             body.append(f"### {METRIC_LABELS.get(m, m)}\n\n![{m}]({p.name})\n\n{width_table(ws, m)}")
         sections.append(("Error vs width (log-log fits, 95% intervals over seeds)", "\n\n".join(body)))
+    elif "width" in kinds and ok:
+        counts = ", ".join(f"{'/'.join(map(str, k))}: {n}" for k, n in n_widths.items())
+        summary["width_missing"] = f"no group has 3 or more widths (widths per group: {counts})"
+        sections.append(("Error vs width", f"No width fits: {summary['width_missing']}; a width exponent needs "
+                         "three or more widths per setting."))
     if "damping" in kinds and len({r["damping"] for r in ok}) > 1:
         summary["damping"] = {}
         for m in DAMPING_METRICS:
@@ -430,12 +472,9 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
     store_path = store.path if isinstance(store, ResultsStore) else store
     write_markdown(out / f"{name}_REPORT.md", f"Sweep report: {name}",
                    [("Store", f"`{store_path}`: {len(ok)} finished grid points, {len(errors)} failed; "
+                              f"settings that vary: {', '.join(varying) or '-'}; "
                               f"per-run numbers in `{name}_runs.csv`, fits in `{name}_summary.json`.")] + sections)
     return summary
-
-
-def relpath(p, start) -> str:
-    return os.path.relpath(p, start)
 
 
 # ----------------------------------------------------------------------------- reproduction
