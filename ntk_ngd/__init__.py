@@ -30,7 +30,8 @@ from .ngd import ngd_direction
 from .losses import mse, cross_entropy, softmax_hessian
 from .store import ResultsStore, config_key, run_meta
 from .sweep import grid, run_sweep
-from .data import Dataset, synthetic, digits, load_mnist, load_cifar10, preprocess, forster_fit, forster_apply, make_dataset
+from .data import (Dataset, synthetic, digits, load_mnist, load_cifar10, load_arrays, preprocess, forster_fit,
+                   forster_apply, make_dataset)
 from .dynamics import (empirical_source, analytic_source, preconditioned_kernel, residual_map, isotropy_constant,
                        optimal_lr, linearized, iterated, residual_predictor, method_predictor, loss_curve,
                        spectrum, isotropy_error, predict, predict_limit, predict_gd_continuous, Prediction,
