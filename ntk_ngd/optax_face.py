@@ -53,12 +53,12 @@ def check_batch(model, x, y):
     if missing:
         raise ValueError(f"precondition: update needs the batch as extra args x (N, M_0) and y (N, C): "
                          f"{' and '.join(missing)} missing (opt.update(grads, state, params, x=x, y=y))")
-    if not isinstance(x, jax.core.Tracer) and not isinstance(y, jax.core.Tracer):
-        return check_data(model, x, y)
-    dtype = jnp.result_type(x)
-    with jax.ensure_compile_time_eval():  # the checks on stand-ins of the traced shapes
-        _, y_shaped = check_data(model, np.zeros(np.shape(x), dtype), np.zeros(np.shape(y), dtype))
-    return jnp.asarray(x), jnp.asarray(y, dtype).reshape(y_shaped.shape)
+    with jax.ensure_compile_time_eval():  # known values are checked now, also inside a trace
+        if not (isinstance(x, jax.core.Tracer) or isinstance(y, jax.core.Tracer)):
+            return check_data(model, x, y)
+        x = jnp.asarray(x)  # traced: the checks on zeros of the same shapes
+        _, y_shaped = check_data(model, np.zeros(x.shape, x.dtype), np.zeros(np.shape(y), x.dtype))
+    return x, jnp.asarray(y, x.dtype).reshape(y_shaped.shape)
 
 
 def check_updates(updates, params) -> None:
@@ -130,7 +130,7 @@ def precondition(model, method, damping=0.0, batch_size: Optional[int] = None,
             d, ms = stateful_direction(model, m, rho, params, x, y, state)
         else:
             d, ms = fn(params, x, y), state.method
-        return to_params(d), PreconditionState(optax.safe_int32_increment(state.count), ms)
+        return to_params(d), PreconditionState(optax.safe_increment(state.count), ms)
 
     def init(params):
         model.check_params(params)
@@ -150,6 +150,8 @@ def precondition(model, method, damping=0.0, batch_size: Optional[int] = None,
         if batch_size is not None and n != batch_size:
             raise ValueError(f"precondition: built with batch_size={batch_size}, got a batch of {n} samples")
         check(n)
-        return step(params, x, y, state)
+        d, state = step(params, x, y, state)
+        tree = jax.tree_util.tree_structure(params)  # the params' own containers (a tuple of layers too)
+        return jax.tree_util.tree_unflatten(tree, jax.tree_util.tree_leaves(d)), state
 
     return optax.GradientTransformationExtraArgs(init, update)
