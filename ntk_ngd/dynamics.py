@@ -18,12 +18,31 @@ import numpy as np
 from .curvature import KernelSource, ResidualMap, get_method
 from .layers import factors, grams, j_vec
 from .losses import mse
+from . import checks
 from .ngd import check_damping
 
 
 # --- kernel sources -------------------------------------------------------------------
+def _source_inputs(model, x_train, x_test, dtype=None):
+    x_train = checks.inputs(model, x_train, "x_train", dtype)
+    if x_test is not None:
+        if np.shape(x_test)[0] == 0:
+            raise ValueError("x_test has no rows: pass x_test=None for no test set")
+        x_test = checks.inputs(model, x_test, "x_test", x_train.dtype)
+    return x_train, x_test
+
+
+def _source(src) -> KernelSource:
+    if not isinstance(src, KernelSource):
+        raise TypeError(f"src must be a KernelSource (empirical_source or analytic_source), got {type(src).__name__}")
+    return src
+
+
 def empirical_source(model, params, x_train, x_test=None) -> KernelSource:
-    """Finite-network Grams and factors at params (the empirical kernels)."""
+    """Finite-network Grams and factors at params (the empirical kernels); x_train (N, M_0),
+    x_test (N', M_0) or None."""
+    model.check_params(params)
+    x_train, x_test = _source_inputs(model, x_train, x_test, checks.float_dtype(params))
     ft = factors(model, params, x_train)
     fx = None if x_test is None else factors(model, params, x_test)
     return KernelSource(model, grams(ft), None if fx is None else grams(fx, ft), ft, fx)
@@ -32,6 +51,7 @@ def empirical_source(model, params, x_train, x_test=None) -> KernelSource:
 def analytic_source(model, x_train, x_test=None) -> KernelSource:
     """Infinite-width Grams (Sigma_l, B_l (x) I_C) from ``analytic.py``."""
     from .analytic import analytic_grams
+    x_train, x_test = _source_inputs(model, x_train, x_test)
     return KernelSource(model, analytic_grams(model, x_train),
                         None if x_test is None else analytic_grams(model, x_test, x_train))
 
@@ -41,7 +61,7 @@ def residual_map(method, src: KernelSource, damping=0.0, **options) -> ResidualM
     (N C,), ``Phi.test(r)`` the test rows (N', C) (None without test inputs). Every method has one:
     J d(r) through the structured layers for empirical sources, Theta_G r from the method's kernel
     form for analytic ones."""
-    return get_method(method, **options).residual_map(src, check_damping(damping))
+    return get_method(method, **options).residual_map(_source(src), check_damping(damping))
 
 
 def preconditioned_kernel(method, src: KernelSource, damping=0.0, **options):
@@ -51,7 +71,10 @@ def preconditioned_kernel(method, src: KernelSource, damping=0.0, **options):
     if not m.linear:
         raise ValueError(f"{m.name}: its function-space step depends on the residual, so it has no "
                          "preconditioned kernel Theta_G; use residual_map")
-    train, cross = m.kernel(src, rho)
+    train, cross = m.kernel(_source(src), rho)
+    if not bool(jnp.all(jnp.isfinite(train))) or (cross is not None and not bool(jnp.all(jnp.isfinite(cross)))):
+        raise ValueError(f"{m.name}: Theta_G is not finite at damping={rho}: the kernel-space system is singular "
+                         "here and the method has no pseudo-inverse form for it; use damping > 0")
     return 0.5 * (train + train.T), cross
 
 
@@ -62,7 +85,7 @@ def isotropy_constant(method, model, n_train: int, convention: str = "theory", *
     m = get_method(method, **options)
     if convention not in ("theory", "paper"):
         raise ValueError(f"convention must be 'theory' or 'paper', got {convention!r}")
-    return m.alpha(model, n_train, "paper" if convention == "paper" else None)
+    return m.alpha(model, checks.count(n_train, "n_train"), "paper" if convention == "paper" else None)
 
 
 def optimal_lr(method, model, n_train: int, theta_g=None, convention="theory", **options) -> float:
@@ -108,7 +131,27 @@ def _geometric(x, t):
 
 
 def _steps(t) -> np.ndarray:
-    return np.arange(int(t) + 1) if np.ndim(t) == 0 else np.asarray(t)
+    """An int T -> 0..T; a 1-d array of integer steps >= 0 as given."""
+    if np.ndim(t) == 0:
+        return np.arange(checks.count(t, "steps", 0) + 1)
+    a = np.asarray(t)
+    if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf" or np.any(a != np.round(a)) or np.any(a < 0):
+        raise ValueError(f"steps must be an integer >= 0 or a non-empty 1-d array of such integers, got {t!r}")
+    return a.astype(np.int64)
+
+
+def _kernel(theta, name: str, shape: tuple):
+    a = checks.array(theta, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def _outputs(f, name: str, c: Optional[int] = None):
+    a = checks.array(f, name)
+    if a.ndim != 2 or (c is not None and a.shape[1] != c):
+        raise ValueError(f"{name} must have shape (N, C{'' if c is None else '=' + str(c)}), got {a.shape}")
+    return a
 
 
 def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
@@ -121,6 +164,14 @@ def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
     limit f_inf(X) = y + P_0 (f_0 - y), f_inf(x') = f_0(x') - Theta_G(x', X) Theta_G^+ (f_0 - y),
     as (N, C) arrays (``steps`` None).
     """
+    lr = checks.learning_rate(lr)
+    y = _outputs(y, "y")
+    nc = y.size
+    theta_g = _kernel(theta_g, "theta_g", (nc, nc))
+    if cross is not None:
+        cross = checks.array(cross, "cross")
+        if cross.ndim != 2 or cross.shape[1] != nc or cross.shape[0] % y.shape[1]:
+            raise ValueError(f"cross must have shape (N' C, N C = {nc}), got {cross.shape}")
     asym = jnp.max(jnp.abs(theta_g - theta_g.T)) / jnp.maximum(jnp.max(jnp.abs(theta_g)), 1e-300)
     symmetric = float(asym) <= symmetric_tol
     w, U = jnp.linalg.eigh(0.5 * (theta_g + theta_g.T))
@@ -139,6 +190,13 @@ def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
     def predict_fn(t=None, f0_train=None, f0_test=None) -> Prediction:
         if f0_train is None:
             raise ValueError("predict_fn needs f0_train, the outputs at t = 0 (N, C)")
+        f0_train = _outputs(f0_train, "f0_train", y.shape[1])
+        if f0_train.shape != y.shape:
+            raise ValueError(f"f0_train must have y's shape {y.shape}, got {f0_train.shape}")
+        if f0_test is not None:
+            f0_test = _outputs(f0_test, "f0_test", y.shape[1])
+            if cross is not None and f0_test.size != cross.shape[0]:
+                raise ValueError(f"f0_test has {f0_test.size} entries, cross has {cross.shape[0]} rows")
         if t is None:
             return limit(f0_train, f0_test)
         steps = _steps(t)
@@ -175,6 +233,9 @@ def iterated(phi, y, lr: float, phi_test=None):
     at init; THEORY section 9), for any residual map: ``phi`` maps the flat r (N C,) to Phi(r),
     ``phi_test`` (optional) to the test-row step (N' C,). A ``ResidualMap`` works as both.
     Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction`` (t an int T or an array of steps)."""
+    lr = checks.learning_rate(lr)
+    y = _outputs(y, "y")
+
     def predict_fn(t, f0_train, f0_test=None) -> Prediction:
         steps = _steps(t)
         n, c = f0_train.shape
@@ -204,7 +265,8 @@ def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, **opt
     with state_t = update(state_{t-1}, factors_0, r_t, t) for stateful methods (held GFIM,
     accumulated Shampoo factors). Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction``."""
     m, rho = get_method(method, **options), check_damping(damping)
-    if not src.empirical:
+    lr, y = checks.learning_rate(lr), _outputs(y, "y")
+    if not _source(src).empirical:
         raise ValueError(f"{m.name}: method_predictor needs an empirical source (the structured factors)")
     fac, fx = src.fac_train, src.fac_test
     c = src.C

@@ -50,20 +50,20 @@ class MLP:
         widths = tuple(self.widths) if isinstance(self.widths, (list, tuple, np.ndarray)) else None
         if widths is None or len(widths) < 2:
             raise ValueError(f"widths must be a sequence (M_0, ..., M_L) of length >= 2, got {self.widths!r}")
-        for w in widths:
-            if int(w) != w or int(w) < 1:
-                raise ValueError(f"every width must be an integer >= 1, got widths={widths}")
-        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+        from . import checks
+        try:
+            widths = tuple(checks.count(w, "width") for w in widths)
+        except ValueError:
+            raise ValueError(f"every width must be an integer >= 1, got widths={widths}") from None
+        object.__setattr__(self, "widths", widths)
         if isinstance(self.activation, str):
             if self.activation not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {self.activation!r}; choose one of "
                                  f"{sorted(ACTIVATIONS)} or pass a callable")
         elif not callable(self.activation):
             raise ValueError(f"activation must be a name or a callable, got {self.activation!r}")
-        if not (np.isfinite(self.sigma_w) and self.sigma_w > 0):
-            raise ValueError(f"sigma_w must be a finite positive number, got {self.sigma_w}")
-        if not (np.isfinite(self.sigma_b) and self.sigma_b >= 0):
-            raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b}")
+        object.__setattr__(self, "sigma_w", checks.real(self.sigma_w, "sigma_w", 0.0, strict=True))
+        object.__setattr__(self, "sigma_b", checks.real(self.sigma_b, "sigma_b", 0.0))
 
     # --- shapes -----------------------------------------------------------------
     @property
@@ -110,21 +110,14 @@ class MLP:
         ]
 
     def check_params(self, params) -> None:
-        if not isinstance(params, (list, tuple)) or len(params) != self.depth:
-            raise ValueError(f"params must be a list of {self.depth} layer dicts, got {type(params).__name__}"
-                             f" of length {len(params) if hasattr(params, '__len__') else '?'}")
-        for l, (p, k, m) in enumerate(zip(params, self.widths[:-1], self.widths[1:]), start=1):
-            if set(p) != {"W", "b"} or p["W"].shape != (m, k) or p["b"].shape != (m,):
-                raise ValueError(f"layer {l}: expected W {(m, k)} and b {(m,)}, got "
-                                 f"{ {name: getattr(v, 'shape', None) for name, v in p.items()} }")
+        """The params layout, one real float dtype, finite entries (``checks.params``)."""
+        from . import checks
+        checks.params(self, params)
 
     def check_inputs(self, x, name: str = "x"):
-        x = jnp.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.widths[0]:
-            raise ValueError(f"{name} must have shape (N, M_0={self.widths[0]}), got {x.shape}")
-        if not bool(jnp.all(jnp.isfinite(x))):
-            raise ValueError(f"{name} contains NaN or inf")
-        return x
+        """x (N, M_0), N >= 1, real and finite; integer input cast to the float in use (``checks.inputs``)."""
+        from . import checks
+        return checks.inputs(self, x, name)
 
     def apply(self, params, x) -> jnp.ndarray:
         """f(x): (N, M_0) -> (N, C)."""

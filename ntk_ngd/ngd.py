@@ -3,33 +3,24 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 
+from . import checks
 from .curvature import get_method
 from .layers import factors, to_params
 from . import losses
 
 
 def check_damping(damping) -> float:
-    rho = float(damping)
-    if not np.isfinite(rho) or rho < 0:
-        raise ValueError(f"damping must be a finite number >= 0, got {damping}")
-    return rho
+    """rho: a finite number >= 0 (``checks.damping``)."""
+    return checks.damping(damping)
 
 
-def check_data(model, x, y):
-    """Validate x (N, M_0) and y (N, C): shapes and finiteness; returns jnp arrays."""
-    x = model.check_inputs(x, "x")
-    y = jnp.asarray(y, x.dtype)
-    if y.ndim == 1 and model.n_outputs == 1:
-        y = y[:, None]
-    if y.shape != (x.shape[0], model.n_outputs):
-        raise ValueError(f"y must have shape (N={x.shape[0]}, C={model.n_outputs}), got {y.shape}")
-    if not bool(jnp.all(jnp.isfinite(y))):
-        raise ValueError("y contains NaN or inf")
-    return x, y
+def check_data(model, x, y, dtype=None, names=("x", "y")):
+    """x (N, M_0) and y (N, C): shapes, real dtypes (integers cast to the float in use, ``dtype`` if
+    given), finiteness (``checks.data``); returns jnp arrays."""
+    return checks.data(model, x, y, dtype, names)
 
 
 def direction_fn(model, method, rho: float, loss: str = "mse", n_train=None, **options):
@@ -71,7 +62,7 @@ def ngd_direction(model, params, x, y, method, damping=0.0, loss="mse", **option
     """
     rho = check_damping(damping)
     model.check_params(params)
-    x, y = check_data(model, x, y)
+    x, y = check_data(model, x, y, checks.float_dtype(params))
     if loss == "mse":
         method = get_method(method, **options)
         method.check(model, x.shape[0], rho)
@@ -82,6 +73,6 @@ def ngd_direction(model, params, x, y, method, damping=0.0, loss="mse", **option
     d = compiled_direction(model, method, rho, loss)(params, x, y)
     if not all(bool(jnp.all(jnp.isfinite(b))) for b in d):
         label = method.name if loss == "mse" else method
-        raise ValueError(f"{label}: the kernel-space system is singular at damping={rho} and has no "
-                         "pseudo-inverse solution here; use damping > 0")
+        raise ValueError(f"{label}: the kernel-space system is singular at damping={rho} (inputs and params are "
+                         "finite) and has no pseudo-inverse solution here; use damping > 0")
     return to_params(d)

@@ -5,8 +5,9 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import losses
+from . import checks, losses
 from .curvature import get_method
 from .dynamics import empirical_source, optimal_lr, preconditioned_kernel
 from .layers import factors, from_params, to_params
@@ -41,10 +42,7 @@ def resolve_lr(lr, model, method, x, params, rho, loss="mse", **options) -> floa
     """lr as a number, or "optimal" (1/alpha; 1/lambda_max(Theta_G) if not isotropic) or "paper"
     (the paper code's constants for K-FAC and unit-wise)."""
     if not isinstance(lr, str):
-        lr = float(lr)
-        if not (lr > 0 and jnp.isfinite(lr)):
-            raise ValueError(f"lr must be a finite positive number, got {lr}")
-        return lr
+        return checks.learning_rate(lr)
     if lr not in ("optimal", "paper"):
         raise ValueError(f"lr must be a number, 'optimal' or 'paper', got {lr!r}")
     if loss == "cross_entropy":
@@ -67,11 +65,15 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
     rho = check_damping(damping)
     model.check_params(params)
     x, y, xt, yt = split_data(data)
-    x, y = check_data(model, x, y)
+    dtype = checks.float_dtype(params)
+    x, y = check_data(model, x, y, dtype)
     if xt is not None:
-        xt, yt = check_data(model, xt, yt)
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps}")
+        if yt is None:
+            raise ValueError("data has x_test but no y_test")
+        if np.shape(xt)[0] == 0:
+            raise ValueError("x_test has no rows: give no test set (x_test = y_test = None) instead")
+        xt, yt = check_data(model, xt, yt, dtype, ("x_test", "y_test"))
+    steps = checks.count(steps, "steps", 0)
     if loss == "mse":
         method = get_method(method, **options)
         options = {}
@@ -112,7 +114,11 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
     final, ft, fx = run(from_params(params))
     label = method.name if loss == "mse" else str(method)
     if not bool(jnp.all(jnp.isfinite(ft))):
-        raise FloatingPointError(f"{label}: training diverged or hit a singular system (lr={eta}, damping={rho})")
+        hint = ("; unit-wise NGD at rho = 0 inverts per-unit kernels that are singular or nearly so at finite "
+                "width: use a small damping rho << 1/M (e.g. --damping 1e-6 --damping-scale per_width)"
+                if label == "unit_wise" and rho == 0 else "; try damping > 0 or a smaller lr")
+        raise FloatingPointError(f"{label}: training diverged or hit a singular system (lr={eta}, damping={rho})"
+                                 + hint)
     lt = jax.vmap(lambda f: loss_fn(f, y))(ft)
     lx = None if xt is None else jax.vmap(lambda f: loss_fn(f, yt))(fx)
     return TrainResult(ft, fx, lt, lx, to_params(final), eta, label, rho)
