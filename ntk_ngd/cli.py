@@ -15,6 +15,7 @@ config and ``run_meta()`` (jax version, device, dtype, git revision, host).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -40,6 +41,37 @@ def _lr(s: str):
     if not v > 0:
         raise argparse.ArgumentTypeError(f"lr must be positive, got {s}")
     return v
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= minimum (a count: N, a width, a depth, steps)."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {s!r}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _real(minimum: float, strict: bool = False):
+    """argparse type: a finite number >= minimum (> minimum with ``strict``)."""
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
+        if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {minimum:g}, got {s}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE, NONNEGATIVE, DAMPING = _count(1), _count(0), _real(0.0)
 
 
 def _option(s: str):
@@ -102,33 +134,33 @@ def add_data_options(p, reproduce: bool = False) -> None:
                         "npz / csv: your own data in the file --data-path (format: README, 'Your own data')")
     g.add_argument("--data-path", default=None,
                    help="MNIST / CIFAR-10 location (directory, archive or .npz), or your .npz / .csv file")
-    g.add_argument("--n-train", type=int, default=None, help="training samples N (default: 32 digits / 100 paper)")
-    g.add_argument("--n-test", type=int, default=None, help="test samples N' (default: 64 digits / 50 paper)")
+    g.add_argument("--n-train", type=POSITIVE, default=None, help="training samples N (default: 32 digits / 100 paper)")
+    g.add_argument("--n-test", type=POSITIVE, default=None, help="test samples N' (default: 64 digits / 50 paper)")
     if reproduce:
         return
     g.add_argument("--classes", type=int, nargs="+", default=[0, 1],
                    help="class labels; two classes give +-0.5 scalar targets (C = 1), more give one-hot")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the sample selection / synthetic data")
-    g.add_argument("--dim", type=int, default=64, help="input dimension of --dataset synthetic")
+    g.add_argument("--data-seed", type=NONNEGATIVE, default=0, help="seed of the sample selection / synthetic data")
+    g.add_argument("--dim", type=POSITIVE, default=64, help="input dimension of --dataset synthetic")
     g.add_argument("--forster", action="store_true",
                    help="Forster-transform the inputs (fitted on train; needed by K-FAC when N > M_0)")
-    g.add_argument("--pca-dim", type=int, default=None, help="project inputs on the top d principal directions")
+    g.add_argument("--pca-dim", type=POSITIVE, default=None, help="project inputs on the top d principal directions")
 
 
 def add_network_options(p, sweep: bool = False) -> None:
     g = p.add_argument_group("network")
     if sweep:
-        g.add_argument("--width", type=int, nargs="+", default=[256, 512, 1024],
+        g.add_argument("--width", type=POSITIVE, nargs="+", default=[256, 512, 1024],
                        help="hidden widths M to sweep (every hidden layer has width M)")
     else:
-        g.add_argument("--width", type=int, default=1024, help="hidden width M of every hidden layer")
-        g.add_argument("--widths", type=int, nargs="+", default=None,
+        g.add_argument("--width", type=POSITIVE, default=1024, help="hidden width M of every hidden layer")
+        g.add_argument("--widths", type=POSITIVE, nargs="+", default=None,
                        help="all layer widths M_0 .. M_L (overrides --depth/--width; M_0, C must fit the data)")
-    g.add_argument("--depth", type=int, default=3, help="number of weight layers L")
+    g.add_argument("--depth", type=POSITIVE, default=3, help="number of weight layers L")
     g.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="activation phi of the hidden layers")
-    g.add_argument("--sigma-w", type=float, default=2 ** 0.5, help="weight scale sigma_w (paper: sigma_w^2 = 2)")
-    g.add_argument("--sigma-b", type=float, default=0.0, help="bias scale sigma_b (paper: 0)")
+    g.add_argument("--sigma-w", type=_real(0.0, strict=True), default=2 ** 0.5, help="weight scale sigma_w (paper: sigma_w^2 = 2)")
+    g.add_argument("--sigma-b", type=DAMPING, default=0.0, help="bias scale sigma_b (paper: 0)")
 
 
 def add_training_options(p, sweep: bool = False) -> None:
@@ -139,7 +171,7 @@ def add_training_options(p, sweep: bool = False) -> None:
     g.add_argument("--option", "-o", type=_option, action="append", default=None, metavar="KEY=VALUE",
                    help="a method option (repeatable), e.g. -o damping_mode=factored")
     g.add_argument("--lr", type=_lr, default="optimal", help=LR_HELP)
-    g.add_argument("--damping", type=float, default=[0.0] if sweep else 0.0, **many,
+    g.add_argument("--damping", type=DAMPING, default=[0.0] if sweep else 0.0, **many,
                    help="damping rho >= 0 (see --damping-scale)")
     g.add_argument("--damping-scale", choices=ex.DAMPING_SCALES, default="absolute",
                    help="absolute: rho = --damping; per_width: rho = --damping / M (unit-wise needs rho << 1/M)")
@@ -147,8 +179,8 @@ def add_training_options(p, sweep: bool = False) -> None:
                    help="K-FAC damping (same as -o damping_mode=...): exact (B (x) A + rho I)^-1 or "
                         "factored (A + pi sqrt(rho)) (x) (B + ...); default tikhonov")
     g.add_argument("--force", action="store_true", help="run a method even where its stated conditions fail")
-    g.add_argument("--steps", type=int, default=5, help="training steps T")
-    g.add_argument("--seed", type=int, default=[0] if sweep else 0, **many,
+    g.add_argument("--steps", type=NONNEGATIVE, default=5, help="training steps T")
+    g.add_argument("--seed", type=NONNEGATIVE, default=[0] if sweep else 0, **many,
                    help="network initialization seeds (one grid point each)" if sweep else "network initialization seed")
     g.add_argument("--no-analytic", action="store_true", help="skip the analytic (infinite-width) predictor")
     g.add_argument("--dtype", choices=ex.DTYPES, default="float64", help="floating point precision")
@@ -157,8 +189,8 @@ def add_training_options(p, sweep: bool = False) -> None:
 def run_config(a, **override) -> ex.RunConfig:
     """RunConfig from parsed train/sweep options (the sweep axes are overridden per point)."""
     kw = dict(dataset=a.dataset, data_path=a.data_path, classes=tuple(a.classes),
-              n_train=a.n_train or (32 if a.dataset in ("digits", "synthetic") else 100),
-              n_test=a.n_test or (64 if a.dataset in ("digits", "synthetic") else 50),
+              n_train=a.n_train if a.n_train is not None else (32 if a.dataset in ("digits", "synthetic") else 100),
+              n_test=a.n_test if a.n_test is not None else (64 if a.dataset in ("digits", "synthetic") else 50),
               data_seed=a.data_seed, dim=a.dim, forster=a.forster, pca_dim=a.pca_dim, depth=a.depth,
               width=a.width, widths=getattr(a, "widths", None), activation=a.activation, sigma_w=a.sigma_w,
               sigma_b=a.sigma_b, method=a.method, lr=a.lr, damping=a.damping, damping_scale=a.damping_scale,
@@ -239,6 +271,10 @@ def cmd_sweep(a) -> int:
     if a.report:
         report_store(a.store, a.report, name=a.name)
         _log(f"report in {a.report}/{a.name}_REPORT.md")
+    if summary.ran and summary.failed == summary.ran:
+        print(f"ntk-ngd: error: every one of the {summary.ran} grid points run failed (errors in {a.store}; "
+              "ntk-ngd report lists them)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -269,6 +305,12 @@ def cmd_reproduce(a) -> int:
     for c in res["claims"]:
         print(c.line())
     print(f"{n_pass}/{len(res['claims'])} claims PASS; report: {path}")
+    if res["claims"] and n_pass == 0:
+        print("ntk-ngd: error: every claim failed", file=sys.stderr)
+        return 1
+    if a.strict and n_pass < len(res["claims"]):
+        print(f"ntk-ngd: error: --strict and {len(res['claims']) - n_pass} claim(s) failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -304,6 +346,8 @@ def run_reproduction(rc: ex.ReproduceConfig, skip: Sequence[str], store: Path, p
 
 def cmd_report(a) -> int:
     from .report import report_store
+    from .store import ResultsStore
+    ResultsStore(a.store, create=False)  # a mistyped --store is an error, not an empty report
     out = a.out or str(Path("results") / f"{Path(a.store).name}-report")
     s = report_store(a.store, out, name=a.name)
     print(f"{s['n_ok']} finished and {s['n_error']} failed grid points; wrote {out}/{a.name}_REPORT.md "
@@ -372,25 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "REPORT.md to --out. --quick: bundled digits, small widths (minutes on a CPU).")
     r.add_argument("--quick", action="store_true", help="small widths and grids (CI / a first look)")
     add_data_options(r, reproduce=True)
-    r.add_argument("--width", type=int, default=None, help="hidden width (default 1024 quick, 4096 otherwise)")
-    r.add_argument("--depth", type=int, default=3, help="number of weight layers L")
-    r.add_argument("--steps", type=int, default=None, help="training steps (default 4 quick, 6 otherwise)")
+    r.add_argument("--width", type=POSITIVE, default=None, help="hidden width (default 1024 quick, 4096 otherwise)")
+    r.add_argument("--depth", type=POSITIVE, default=3, help="number of weight layers L")
+    r.add_argument("--steps", type=POSITIVE, default=None, help="training steps (default 4 quick, 6 otherwise)")
     r.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="activation of every entry's network (paper: relu)")
-    r.add_argument("--sigma-b", type=float, default=0.0, help="bias scale sigma_b of every entry (paper: 0)")
-    r.add_argument("--seed", type=int, default=0, help="network initialization seed of the single runs")
+    r.add_argument("--sigma-b", type=DAMPING, default=0.0, help="bias scale sigma_b of every entry (paper: 0)")
+    r.add_argument("--seed", type=NONNEGATIVE, default=0, help="network initialization seed of the single runs")
     r.add_argument("--methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the single-run entries (dynamics, test predictions); default: the paper's "
                         + " ".join(ex.paper_methods()))
-    r.add_argument("--unit-wise-damping", type=float, default=1e-6,
+    r.add_argument("--unit-wise-damping", type=DAMPING, default=1e-6,
                    help="rho x M of the damped unit-wise run beside the paper's rho = 0")
-    r.add_argument("--forster-n-train", type=int, default=96, help="digits N > M_0 for the Forster entry")
-    r.add_argument("--sweep-widths", type=int, nargs="+", default=None, help="widths of the width sweep")
-    r.add_argument("--sweep-seeds", type=int, nargs="+", default=None, help="seeds of the width sweep")
+    r.add_argument("--forster-n-train", type=POSITIVE, default=96, help="digits N > M_0 for the Forster entry")
+    r.add_argument("--sweep-widths", type=POSITIVE, nargs="+", default=None, help="widths of the width sweep")
+    r.add_argument("--sweep-seeds", type=NONNEGATIVE, nargs="+", default=None, help="seeds of the width sweep")
     r.add_argument("--sweep-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the width sweep (default: exact kfac quick, exact BD BTD kfac otherwise)")
-    r.add_argument("--damping-widths", type=int, nargs="+", default=None, help="widths of the damping sweep")
-    r.add_argument("--damping-values", type=float, nargs="+", default=None,
+    r.add_argument("--damping-widths", type=POSITIVE, nargs="+", default=None, help="widths of the damping sweep")
+    r.add_argument("--damping-values", type=DAMPING, nargs="+", default=None,
                    help="damping values of the damping sweep: rho x M for unit_wise, rho for the others")
     r.add_argument("--damping-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the damping sweep (default: unit_wise quick, unit_wise kfac otherwise)")
@@ -403,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory of the sweeps' resumable stores (default results/reproduce-quick or "
                         "results/reproduce-DATASET)")
     r.add_argument("--no-progress", action="store_true", help="quiet sweeps")
+    r.add_argument("--strict", action="store_true", help="exit with status 1 when any claim fails (always when all do)")
     r.add_argument("--dtype", choices=ex.DTYPES, default="float64", help="floating point precision")
     r.set_defaults(func=cmd_reproduce)
 

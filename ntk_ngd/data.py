@@ -31,6 +31,7 @@ import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -483,7 +484,11 @@ def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":          # gzip magic, whatever the file name says
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(f"{path!r}: a gzip file that cannot be decompressed (truncated or corrupt? "
+                             f"{type(e).__name__}: {e})") from None
     return raw
 
 
@@ -523,12 +528,20 @@ def _not_found(what: str, path, expected: str, detail: str = "") -> FileNotFound
 
 def _load_npz(path: str, what: str) -> dict:
     keys = ("x_train", "y_train", "x_test", "y_test")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in keys if k not in f.files]
-        if missing:
-            raise ValueError(f"{what} npz file {path!r} lacks arrays {missing} (has {list(f.files)}); "
-                             f"expected keys {list(keys)}")
-        return {k: np.asarray(f[k]) for k in keys}
+    try:
+        f = np.load(path, allow_pickle=False)
+        if isinstance(f, np.ndarray):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with f:
+            files = list(f.files)
+            arrays = {k: np.asarray(f[k]) for k in keys if k in files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{what} npz file {path!r} cannot be read (truncated or corrupt? "
+                         f"{type(e).__name__}: {e})") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{what} npz file {path!r} lacks arrays {missing} (has {files}); expected keys {list(keys)}")
+    return arrays
 
 
 def _find_mnist(directory: str) -> dict:
@@ -559,7 +572,13 @@ def _read_mnist(path) -> dict:
 
 def _unpickle_batch(fileobj, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: dict with data (n, 3072) uint8 and labels (n,). Trusted files only."""
-    d = pickle.load(fileobj, encoding="bytes")
+    try:
+        d = pickle.load(fileobj, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise ValueError(f"CIFAR-10 batch {name}: not a readable python pickle batch (truncated or corrupt? "
+                         f"{type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"CIFAR-10 batch {name}: expected a pickled dict, got {type(d).__name__}")
     get = lambda k: d[k.encode()] if k.encode() in d else d.get(k)
     data, labels = get("data"), get("labels")
     if data is None or labels is None:
@@ -578,17 +597,22 @@ def _read_cifar_dir(directory: str) -> dict:
     parts = {}
     for n in names:
         with open(os.path.join(directory, n), "rb") as f:
-            parts[n] = _unpickle_batch(f, n)
+            parts[n] = _unpickle_batch(f, os.path.join(directory, n))
     return _cifar_concat(parts)
 
 
 def _read_cifar_tar(path: str) -> dict:
     parts = {}
-    with tarfile.open(path, "r:*") as tar:
-        for m in tar.getmembers():
+    try:
+        tar = tarfile.open(path, "r:*")
+        members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ValueError(f"{path!r}: not a readable tar archive (truncated or corrupt? {type(e).__name__}: {e})") from None
+    with tar:
+        for m in members:
             base = os.path.basename(m.name)
             if m.isfile() and base in _CIFAR_TRAIN + ("test_batch",):
-                parts[base] = _unpickle_batch(tar.extractfile(m), base)
+                parts[base] = _unpickle_batch(tar.extractfile(m), f"{path}:{m.name}")
     missing = [n for n in _CIFAR_TRAIN + ("test_batch",) if n not in parts]
     if missing:
         raise _not_found("CIFAR-10 batches", path, _CIFAR_EXPECTED, "archive lacks " + ", ".join(missing))

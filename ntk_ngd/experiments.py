@@ -108,8 +108,14 @@ class RunConfig:
                 fix("lr", float(self.lr))  # "0.1" from a command line or a stored config
         if not isinstance(self.lr, str) and not (float(self.lr) > 0 and math.isfinite(float(self.lr))):
             raise ValueError(f"lr must be a finite positive number, 'optimal' or 'paper', got {self.lr!r}")
-        if int(self.steps) != self.steps or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps}")
+        from . import checks
+        for name, low in (("steps", 0), ("n_train", 1), ("n_test", 1), ("depth", 1), ("width", 1), ("dim", 1),
+                          ("seed", 0), ("data_seed", 0)):
+            fix(name, checks.count(getattr(self, name), name, low))
+        if self.pca_dim is not None:
+            fix("pca_dim", checks.count(self.pca_dim, "pca_dim"))
+        fix("sigma_w", checks.real(self.sigma_w, "sigma_w", 0.0, strict=True))
+        fix("sigma_b", checks.real(self.sigma_b, "sigma_b", 0.0))
         if not (float(self.damping) >= 0 and math.isfinite(float(self.damping))):
             raise ValueError(f"damping must be a finite number >= 0, got {self.damping}")
 
@@ -803,6 +809,12 @@ PAPER = dict(n_train=100, n_test=50, width=4096, depth=3, activation="relu", sig
              damping=0.0, lr="optimal", classes=(0, 1))
 
 
+def _given(value, name: str, default: int) -> int:
+    """``value`` (a count >= 1) where given, else ``default``: 0 is refused, never replaced."""
+    from . import checks
+    return default if value is None else checks.count(value, name)
+
+
 @dataclass(frozen=True)
 class ReproduceConfig:
     """What ``ntk-ngd reproduce`` runs. None fields take the defaults of ``quick`` / the dataset:
@@ -836,10 +848,10 @@ class ReproduceConfig:
         q, digits = self.quick, self.dataset == "digits"
         d = dict(
             methods=tuple(self.methods or paper_methods()),
-            n_train=self.n_train or (32 if digits else PAPER["n_train"]),
-            n_test=self.n_test or (64 if digits else PAPER["n_test"]),
-            width=self.width or (1024 if q else PAPER["width"]),
-            steps=self.steps or (4 if q else 6),
+            n_train=_given(self.n_train, "n_train", 32 if digits else PAPER["n_train"]),
+            n_test=_given(self.n_test, "n_test", 64 if digits else PAPER["n_test"]),
+            width=_given(self.width, "width", 1024 if q else PAPER["width"]),
+            steps=_given(self.steps, "steps", 4 if q else 6),
             sweep_widths=tuple(self.sweep_widths or ((256, 512, 1024) if q else tuple(2 ** k for k in range(8, 13)))),
             sweep_seeds=tuple(self.sweep_seeds or ((0, 1) if q else (0, 1, 2))),
             sweep_methods=tuple(self.sweep_methods or (("exact", "kfac") if q else isotropic_methods("finite"))),

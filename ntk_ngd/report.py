@@ -402,7 +402,7 @@ SCALAR_COLUMNS = ("key", "status", "method", "width", "depth", "activation", "da
 
 def store_rows(store) -> list[dict]:
     """Flat rows of a store (``ResultsStore.to_rows``) with ``lr`` from the result, not the config."""
-    store = store if isinstance(store, ResultsStore) else ResultsStore(store)
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store, create=False)
     rows = store.to_rows()
     for r in rows:
         if "result.lr" in r:
@@ -420,6 +420,7 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
     from .experiments import DAMPING_METRICS, WIDTH_METRICS, damping_summary, varying_fields, width_summary
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    store = store if isinstance(store, ResultsStore) else ResultsStore(store, create=False)
     rows = store_rows(store)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] == "error"]
@@ -427,7 +428,8 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
     columns = list(dict.fromkeys([c for c in SCALAR_COLUMNS[:3] if any(c in r for r in rows)] + varying
                                  + [c for c in SCALAR_COLUMNS[3:] if any(c in r for r in rows)]))
     save_csv(rows, out / f"{name}_runs.csv", columns)
-    summary = {"n_ok": len(ok), "n_error": len(errors), "varying": varying, "errors": [{k: r.get(k) for k in (
+    summary = {"n_ok": len(ok), "n_error": len(errors), "n_invalid_lines": store.invalid_lines,
+               "varying": varying, "errors": [{k: r.get(k) for k in (
         "method", "width", "damping", "seed", "error")} for r in errors]}
     sections, figures = [], []
     metrics = list(metrics or WIDTH_METRICS)
@@ -469,9 +471,9 @@ def report_store(store, out_dir, name: str = "sweep", metrics: Sequence[str] = N
                                                            e.get("seed"), e.get("error")] for e in errors])))
     summary["figures"] = figures
     save_json(summary, out / f"{name}_summary.json")
-    store_path = store.path if isinstance(store, ResultsStore) else store
+    skipped = f" ({store.invalid_lines} invalid lines skipped)" if store.invalid_lines else ""
     write_markdown(out / f"{name}_REPORT.md", f"Sweep report: {name}",
-                   [("Store", f"`{store_path}`: {len(ok)} finished grid points, {len(errors)} failed; "
+                   [("Store", f"`{store.path}`: {len(ok)} finished grid points, {len(errors)} failed{skipped}; "
                               f"settings that vary: {', '.join(varying) or '-'}; "
                               f"per-run numbers in `{name}_runs.csv`, fits in `{name}_summary.json`.")] + sections)
     return summary

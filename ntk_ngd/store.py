@@ -30,7 +30,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -112,15 +112,36 @@ def run_meta() -> dict:
     }
 
 
-def _parse_lines(data: bytes) -> Iterator[dict]:
-    """Records in ``data``; torn or otherwise invalid lines are skipped."""
+def valid_record(rec) -> bool:
+    """A record as ``put`` writes it: str key, dict config, status ok (dict result) or error (str
+    error), dict or missing meta."""
+    if not (isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("config"), dict)):
+        return False
+    if rec.get("status") == "ok":
+        ok = isinstance(rec.get("result"), dict)
+    else:
+        ok = rec.get("status") == "error" and isinstance(rec.get("error"), str)
+    return ok and isinstance(rec.get("meta", {}), dict)
+
+
+def _parse_lines(data: bytes) -> tuple[list[dict], int]:
+    """(valid records in ``data``, number of invalid non-empty lines skipped: torn lines, lines that
+    are not JSON, JSON that is not a record)."""
+    records, invalid = [], 0
     for line in data.split(b"\n"):
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
-        except ValueError:  # includes UnicodeDecodeError and the empty tail
+        except ValueError:  # includes UnicodeDecodeError
+            invalid += 1
             continue
-        if isinstance(rec, dict) and "key" in rec and rec.get("status") in STATUSES:
-            yield rec
+        if valid_record(rec):
+            rec.setdefault("meta", {})
+            records.append(rec)
+        else:
+            invalid += 1
+    return records, invalid
 
 
 def _current(records: list[dict]) -> dict[str, dict]:
@@ -143,12 +164,30 @@ def _flatten(d: Optional[dict], prefix: str = "") -> dict:
 
 
 class ResultsStore:
-    """Append-only JSON-lines store of per-point results under directory ``path``."""
+    """Append-only JSON-lines store of per-point results under directory ``path``.
 
-    def __init__(self, path: str | os.PathLike):
+    ``create=False`` opens an existing store only (a missing one is a FileNotFoundError, so a
+    mistyped path is never read as an empty store). ``invalid_lines`` counts the lines the last
+    read skipped."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.file = self.path / RECORDS_FILE
+        self.invalid_lines = 0
+        if not create:
+            if not self.file.is_file():
+                raise FileNotFoundError(f"no results store at {str(self.path)!r} (no {RECORDS_FILE} there)")
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"results store {str(self.path)!r} is a file, not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """Raise PermissionError now (before any computation) if records cannot be appended."""
+        try:
+            os.close(os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        except OSError as e:
+            raise PermissionError(f"results store {str(self.path)!r} is not writable: {e.strerror}") from None
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
@@ -156,8 +195,14 @@ class ResultsStore:
     def put(self, config: dict, result: Optional[dict] = None, error: Optional[str] = None,
             meta: Optional[dict] = None) -> dict:
         """Append one record (status "error" iff ``error`` is given) and return it."""
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be a dict, got {type(config).__name__}")
         if error is not None and result is not None:
             raise ValueError("give either result or error, not both")
+        if error is None and not isinstance(result, dict):
+            raise ValueError(f"result must be a dict (or give error), got {type(result).__name__}")
+        if error is not None and not isinstance(error, str):
+            raise ValueError(f"error must be a str (the traceback text), got {type(error).__name__}")
         rec = {"key": config_key(config), "config": config,
                "status": "ok" if error is None else "error",
                "result": result, "error": error, "meta": meta or {}}
@@ -183,9 +228,10 @@ class ResultsStore:
     def history(self) -> list[dict]:
         """Every valid record in file order (including superseded ones)."""
         try:
-            return list(_parse_lines(self.file.read_bytes()))
+            records, self.invalid_lines = _parse_lines(self.file.read_bytes())
         except FileNotFoundError:
-            return []
+            records, self.invalid_lines = [], 0
+        return records
 
     def records(self, status: Optional[str] = None) -> list[dict]:
         """Current record of each key, optionally only those with ``status``."""

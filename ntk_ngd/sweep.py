@@ -173,6 +173,10 @@ def run_sweep(fn: PointFn, points: Iterable[dict], store: ResultsStore | str | o
         raise ValueError("a client was given but backend is not 'dask'")
     store = store if isinstance(store, ResultsStore) else ResultsStore(store)
     points = list(points)
+    bad = [i for i, c in enumerate(points) if not isinstance(c, dict)]
+    if bad:
+        raise ValueError(f"every point must be a config dict; point {bad[0]} is {type(points[bad[0]]).__name__}")
+    store.check_writable()  # before the first point is computed (and lost)
     todo = _pending(points, store, retry_errors)
     finished = (((config, run_point(fn, config)) for config in todo) if backend == "local"
                 else _run_dask(fn, todo, client))
