@@ -344,6 +344,36 @@ def run_reproduction(rc: ex.ReproduceConfig, skip: Sequence[str], store: Path, p
     return res
 
 
+def cmd_atlas(a) -> int:
+    from . import atlas
+    t = lambda v: None if v is None else tuple(v)
+    settings = None
+    if a.setting:
+        settings = []
+        for spec in a.setting:  # DATASET:ACTIVATION:DEPTH
+            parts = spec.split(":")
+            if len(parts) != 3 or parts[0] not in ("digits", "synthetic") or parts[1] not in ACTIVATIONS \
+                    or not parts[2].isdigit() or int(parts[2]) < 1:
+                raise SystemExit(f"ntk-ngd: error: --setting takes DATASET:ACTIVATION:DEPTH (digits|synthetic, "
+                                 f"{'|'.join(sorted(ACTIVATIONS))}, an integer >= 1), got {spec!r}")
+            settings.append({"dataset": parts[0], "activation": parts[1], "depth": int(parts[2])})
+    ac = atlas.AtlasConfig(quick=a.quick, settings=t(settings), widths=t(a.widths), seeds=t(a.seeds),
+                           n_train=a.n_train, n_test=a.n_test, steps=a.steps, methods=t(a.methods))
+    run_dir = Path("results") / ("atlas-quick" if a.quick else "atlas")
+    atlas.variants(ac.methods)  # unknown labels fail here, before anything runs
+    out = Path(a.out or run_dir)
+    store = Path(a.store or out / "store")
+    _log(f"atlas: {len(ac.points())} points into {store}")
+    claims, path = atlas.run_atlas(ac, store, out, progress=not a.no_progress)
+    for c in claims:
+        print(c.line())
+    n_pass = sum(c.passed for c in claims)
+    print(f"{n_pass}/{len(claims)} atlas claims PASS; report: {path}")
+    if a.strict and n_pass < len(claims):
+        return 1
+    return 0
+
+
 def cmd_report(a) -> int:
     from .report import report_store
     from .store import ResultsStore
@@ -450,6 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit with status 1 when any claim fails (always when all do)")
     r.add_argument("--dtype", choices=ex.DTYPES, default="float64", help="floating point precision")
     r.set_defaults(func=cmd_reproduce)
+
+    at = sub.add_parser("atlas", formatter_class=fmt, help="every method next to its function-space prediction",
+                        description="The isotropy atlas: every registered method (and its statistics / side / hold "
+                                    "variants) on wide networks at several widths and at infinite width: alpha, "
+                                    "spread, isotropy or radiality error with its fitted width exponent, one-step "
+                                    "ratio predicted vs measured, training vs the lazy-regime prediction; a table "
+                                    "(CSV/JSON/markdown), figures and PASS/FAIL claims. Resumable through its store.")
+    at.add_argument("--quick", action="store_true", help="small widths, one setting pair, one seed (minutes)")
+    at.add_argument("--setting", nargs="+", default=None, metavar="DATASET:ACTIVATION:DEPTH",
+                    help="settings, e.g. digits:relu:3 synthetic:erf:4 (default: quick or full list)")
+    at.add_argument("--widths", type=POSITIVE, nargs="+", default=None, help="hidden widths (default 64..256 quick, "
+                    "256..4096 otherwise)")
+    at.add_argument("--seeds", type=NONNEGATIVE, nargs="+", default=None, help="network seeds (default 0 quick, 0 1)")
+    at.add_argument("--methods", nargs="+", default=None, metavar="LABEL",
+                    help="method names or variant labels such as ngplus[side=input] (default: every variant)")
+    at.add_argument("--n-train", type=POSITIVE, default=32, help="training inputs N")
+    at.add_argument("--n-test", type=POSITIVE, default=32, help="test inputs")
+    at.add_argument("--steps", type=POSITIVE, default=3, help="training steps")
+    at.add_argument("--out", default=None, help="output directory (default: the ignored results/atlas[-quick])")
+    at.add_argument("--store", default=None, help="resumable store (default OUT/store)")
+    at.add_argument("--no-progress", action="store_true", help="no progress line")
+    at.add_argument("--strict", action="store_true", help="exit with status 1 when any claim fails")
+    at.set_defaults(func=cmd_atlas)
 
     q = sub.add_parser("report", formatter_class=fmt, help="figures + markdown summary from a results store",
                        description="Turn a sweep store into figures (error vs width with fitted exponents, error "

@@ -259,13 +259,14 @@ def residual_predictor(rmap: ResidualMap, y, lr: float):
     return iterated(rmap.train, y, lr, rmap.test)
 
 
-def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, **options):
+def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, lr_power: float = 0.0, **options):
     """Lazy-regime predictor of any method on an empirical source (kernels fixed at init, THEORY
     section 9): r_{t+1} = r_t - eta J_0 d(r_t; state_t), test rows f_{t+1}(x') = f_t(x') - eta J_0(x') d,
     with state_t = update(state_{t-1}, factors_0, r_t, t) for stateful methods (held GFIM,
-    accumulated Shampoo factors). Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction``."""
+    accumulated Shampoo factors), and eta_t = lr (||r_t|| / ||r_0||)^lr_power as in ``train``.
+    Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction``."""
     m, rho = get_method(method, **options), check_damping(damping)
-    lr, y = checks.learning_rate(lr), _outputs(y, "y")
+    lr, y, q = checks.learning_rate(lr), _outputs(y, "y"), checks.real(lr_power, "lr_power")
     if not _source(src).empirical:
         raise ValueError(f"{m.name}: method_predictor needs an empirical source (the structured factors)")
     fac, fx = src.fac_train, src.fac_test
@@ -280,8 +281,9 @@ def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, **opt
             r, ft, state = carry
             state = m.update(state, fac, r, rho, k) if m.stateful else state
             d = m.direction(fac, r, rho, state)
-            nxt = ft - lr * j_vec(fx, d) if with_test else ft
-            return (r - lr * j_vec(fac, d), nxt, state), (r, ft)
+            eta = lr if q == 0 else lr * (jnp.linalg.norm(r) / jnp.linalg.norm(r0)) ** q
+            nxt = ft - eta * j_vec(fx, d) if with_test else ft
+            return (r - eta * j_vec(fac, d), nxt, state), (r, ft)
 
         state0 = m.init(fac, r0, rho) if m.stateful else ()
         f0t = f0_test if with_test else jnp.zeros((1, c), f0_train.dtype)

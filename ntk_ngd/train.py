@@ -58,10 +58,14 @@ def resolve_lr(lr, model, method, x, params, rho, loss="mse", **options) -> floa
     return optimal_lr(m, model, x.shape[0], theta_g, convention)
 
 
-def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss="mse", **options) -> TrainResult:
-    """Train with theta <- theta - lr d(method) for ``steps`` steps (one jit-compiled scan).
+def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss="mse", lr_power: float = 0.0,
+          **options) -> TrainResult:
+    """Train with theta <- theta - eta_t d(method) for ``steps`` steps (one jit-compiled scan).
 
-    ``method``: a registered name with its ``options``, or a method object."""
+    ``method``: a registered name with its ``options``, or a method object. eta_t = lr
+    (||r_t|| / ||r_0||)^lr_power, r_t = f_t(X) - y: 0 (the default) is a fixed step; a map Phi
+    homogeneous of degree d converges geometrically with lr_power = 1 - d (THEORY section 9,
+    ``diagnostics.schedule_power``)."""
     rho = check_damping(damping)
     model.check_params(params)
     x, y, xt, yt = split_data(data)
@@ -81,6 +85,7 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
     fn = direction_fn(model, method, rho, loss, n_train=x.shape[0], **options)
     loss_fn = losses.mse if loss == "mse" else losses.cross_entropy
     stateful = loss == "mse" and method.stateful
+    q = checks.real(lr_power, "lr_power")
 
     def outputs(blocks):
         p = to_params(blocks)
@@ -94,6 +99,8 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
             p = to_params(b)
             return factors(model, p, x), model.apply(p, x) - y
 
+        r0_norm = jnp.linalg.norm(model.apply(to_params(blocks), x) - y)
+
         def step(carry, t):
             b, state = carry
             if stateful:
@@ -102,7 +109,8 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
                 d = method.direction(fac, g, rho, state)
             else:
                 d = fn(to_params(b), x, y)
-            return ([bl - eta * dl for bl, dl in zip(b, d)], state), outputs(b)
+            eta_t = eta if q == 0 else eta * (jnp.linalg.norm(model.apply(to_params(b), x) - y) / r0_norm) ** q
+            return ([bl - eta_t * dl for bl, dl in zip(b, d)], state), outputs(b)
 
         state0 = method.init(*inputs(blocks), rho) if stateful else ()
         (final, _), (ft, fx) = jax.lax.scan(step, (blocks, state0), jnp.arange(int(steps)))

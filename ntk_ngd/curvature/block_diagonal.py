@@ -27,7 +27,7 @@ class BlockDiagonal(Statistics, PerLayer):
         self.check_statistics(model, n)
 
     def alpha(self, model, n, convention=None):
-        return float(model.depth)
+        return float(model.depth) if self.fisher_statistics(model) else None
 
     def layer_direction(self, H, D, g, rho):
         n, c = g.shape

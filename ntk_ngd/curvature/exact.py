@@ -28,7 +28,7 @@ class Exact(Statistics, LayerDual):
         self.check_statistics(model, n)
 
     def alpha(self, model, n, convention=None):
-        return 1.0
+        return 1.0 if self.fisher_statistics(model) else None
 
     def dual(self, thetas, shift, R):
         v = psd_solve(jnp.sum(thetas, 0), R, shift)

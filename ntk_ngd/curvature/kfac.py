@@ -59,6 +59,8 @@ class KFAC(Statistics, Kronecker):
                              "inputs (forster=True, see ntk_ngd.data.forster_fit); pass force=True to run it anyway")
 
     def alpha(self, model, n, convention=None):
+        if not self.fisher_statistics(model):
+            return None
         L = model.depth
         if (convention or self.convention) == "paper":
             return float(n * L)

@@ -82,6 +82,12 @@ class Statistics:
     def statistic_vectors(self, g):
         return statistic_vectors(self.statistics, g, self.samples, self.seed)
 
+    def fisher_statistics(self, model) -> bool:
+        """Whether the second moments are the Fisher's (S_n = I_C): "expected", or "rademacher" with
+        C = 1 (eps^2 = 1). Only then do the isotropy constants of THEORY section 4 apply; empirical
+        statistics make the map nonlinear, sampled ones reweight it per input (alpha is None)."""
+        return self.statistics == "expected" or (self.statistics == "rademacher" and model.n_outputs == 1)
+
     def check_statistics(self, model, n: int):
         """samples >= 1, and for the random estimators every V_n of full row rank C (the residual
         must lie in the span of the samples, or the gradient is not J_S^T u)."""

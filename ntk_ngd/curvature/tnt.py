@@ -80,7 +80,7 @@ class TNT(Statistics, Kronecker):
     def alpha(self, model, n, convention=None):
         """(L - 1) N + 1 (see the module docstring); None where M_0 < N (the first layer then gives
         N diag(leverage scores of diag(b) H) / ..., not a multiple of I)."""
-        if model.widths[0] < n:
+        if model.widths[0] < n or not self.fisher_statistics(model):
             return None
         return float((model.depth - 1) * n + 1)
 
