@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .experiments import RunConfig, build_model, fit_power_law, group_rows, load_data, method_object  # noqa: F401
+from .experiments import Claim, RunConfig, build_model, fit_power_law, group_rows, load_data, method_object
 
 # options beside each method's defaults that change what the atlas is about: statistics, side, state
 VARIANT_OPTIONS = {
@@ -262,23 +262,6 @@ def atlas_summary(rows: Sequence[dict]) -> dict:
     return {"entries": entries}
 
 
-@dataclass
-class AtlasClaim:
-    id: str
-    statement: str
-    rule: str
-    measured: dict
-    passed: bool
-
-    def line(self) -> str:
-        from .experiments import fmt_value
-        nums = "; ".join(f"{k}: {fmt_value(v, ' ')}" for k, v in self.measured.items())
-        return f"[{'PASS' if self.passed else 'FAIL'}] {self.id}: {self.statement} ({self.rule}) -- {nums}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def _fmt_fit(fit) -> Optional[str]:
     if fit is None:
         return None
@@ -296,7 +279,7 @@ def atlas_claims(summary: dict) -> list:
     with_alpha = [e for e in es if e["alpha"] is not None and e["general_position"] and e["alpha_hat_inf"] is not None
                   and e["declared"] == "finite"]
     dev = {name(e): abs(e["alpha_hat_inf"] / e["alpha"] - 1) for e in with_alpha}
-    claims.append(AtlasClaim("atlas_alpha", "alpha computed from the analytic kernels equals the method's derived "
+    claims.append(Claim("atlas_alpha", "alpha computed from the analytic kernels equals the method's derived "
                              "alpha (finite-width-isotropic methods, inputs of rank N)",
                              f"|alpha_hat_inf / alpha - 1| <= {INF_TOL:g}", {"worst": max(dev.values(), default=None),
                                                                               "n": len(dev)},
@@ -305,20 +288,20 @@ def atlas_claims(summary: dict) -> list:
     gp = [e for e in es if e["general_position"] and e["conditions"] == "met"]
     declared = {name(e) for e in gp if e["declared"] == "finite" and e["alpha"] is not None}
     found = {name(e) for e in gp if e["class"] == "finite"}
-    claims.append(AtlasClaim("atlas_finite", "the methods exactly isotropic (or radial) at every finite width are "
+    claims.append(Claim("atlas_finite", "the methods exactly isotropic (or radial) at every finite width are "
                              "those the theory says are", f"error <= {ROUNDOFF:g} at every width iff declared "
                              "'finite' (conditions met, inputs of rank N)",
                              {"found": sorted(found), "declared": sorted(declared)}, found == declared))
     # 3. isotropic only as M grows: the error falls with M and vanishes at infinite width
     wide = [e for e in gp if e["declared"] == "wide" and e["alpha"] is not None]
-    claims.append(AtlasClaim("atlas_wide", "methods isotropic only as M grows have an error that falls with M and "
+    claims.append(Claim("atlas_wide", "methods isotropic only as M grows have an error that falls with M and "
                              "vanishes with the analytic kernels", "class 'wide' (exponent interval below 0, "
                              f"infinite-width error <= {INF_TOL:g})",
                              {name(e): f"{e['class']}, b = {_fmt_fit(e['fit'])}, inf = {e['err_inf']}" for e in wide},
                              bool(wide) and all(e["class"] == "wide" for e in wide)))
     # 4. not isotropic at all
     none = [e for e in es if e["alpha"] is None]
-    claims.append(AtlasClaim("atlas_not_isotropic", "methods without an isotropy constant (gd, diagonal, EKFAC, "
+    claims.append(Claim("atlas_not_isotropic", "methods without an isotropy constant (gd, diagonal, EKFAC, "
                              "empirical statistics, NG+ with an output-side last layer, Shampoo) are not isotropic or "
                              "radial at any width", "class 'none'",
                              {name(e): e["class"] for e in none if e["class"] != "none"} or {"all": "none"},
@@ -327,13 +310,13 @@ def atlas_claims(summary: dict) -> list:
     trained = [e for e in es if e["ratio_nn"] is not None and e["ratio_pred"] is not None and not e["train_errors"]]
     gap = {name(e): abs(e["ratio_nn"] - e["ratio_pred"]) for e in trained}
     worst = max(gap, key=gap.get) if gap else None
-    claims.append(AtlasClaim("atlas_one_step", "the network's one-step ratio ||r_1|| / ||r_0|| matches the "
+    claims.append(Claim("atlas_one_step", "the network's one-step ratio ||r_1|| / ||r_0|| matches the "
                              "lazy-regime prediction at the largest width", "median |measured - predicted| <= 0.1",
                              {"median": float(np.median(list(gap.values()))) if gap else None, "worst": worst,
                               "worst_gap": gap.get(worst)}, bool(gap) and float(np.median(list(gap.values()))) <= 0.1))
     # 6. stateful methods follow their lazy-regime predictions, with an error that falls with M
     st = [e for e in es if e["stateful"] and e["fit_traj"] is not None]
-    claims.append(AtlasClaim("atlas_stateful", "networks trained with stateful methods (held GFIM, accumulated "
+    claims.append(Claim("atlas_stateful", "networks trained with stateful methods (held GFIM, accumulated "
                              "Shampoo) follow their lazy-regime predictions, with an error that falls with M",
                              "fitted exponent of max_t e_t < 0 (interval below 0 with several seeds)",
                              {name(e): _fmt_fit(e["fit_traj"]) for e in st},
@@ -481,7 +464,7 @@ def write_atlas(out_dir, ac: AtlasConfig, rows: Sequence[dict], timings: Optiona
                  + "; ".join(f"{s['dataset']} {s['activation']} L = {s['depth']}" for s in r.settings)
                  + f". Regenerate with `{cmd}` (resumes from its store). {len(ok)} points, {len(failed)} failed."),
                 ("Claims", md_table(["result", "claim", "rule", "measured"],
-                                    [["PASS" if c.passed else "FAIL", c.id, c.rule,
+                                    [["PASS" if c.passed else "FAIL", c.id, c.tolerance,
                                       "; ".join(f"{k}: {v}" for k, v in c.measured.items())] for c in claims])),
                 ("Table", "error: ||Theta_G / alpha - I||_2 for linear maps (alpha the method's own constant, "
                           "alpha_hat = tr Theta_G / N C where it has none), sin angle(r_0, Phi(r_0)) for nonlinear "

@@ -300,6 +300,14 @@ def cmd_reproduce(a) -> int:
     run_dir = Path("results") / ("reproduce-quick" if rc.quick else f"reproduce-{rc.dataset}")
     store = Path(a.store or run_dir)
     res = run_reproduction(rc, a.skip, store, progress=not a.no_progress)
+    if a.atlas:  # the isotropy atlas as one more entry (quick grid with --quick), its claims beside the paper's
+        from . import atlas
+        t0 = time.perf_counter()
+        _log("entry atlas ...")
+        claims, _ = atlas.run_atlas(atlas.AtlasConfig(quick=rc.quick), store / "atlas",
+                                    Path(a.out or run_dir) / "atlas", progress=not a.no_progress)
+        res["claims"] += claims
+        res["timings"]["atlas"] = time.perf_counter() - t0
     path = write_reproduction(a.out or run_dir, rc, res)
     n_pass = sum(c.passed for c in res["claims"])
     for c in res["claims"]:
@@ -469,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--damping-methods", nargs="+", choices=method_names(), default=None,
                    help="methods of the damping sweep (default: unit_wise quick, unit_wise kfac otherwise)")
     r.add_argument("--skip", nargs="+", choices=ENTRIES, default=[], help="entries to leave out")
+    r.add_argument("--atlas", action="store_true",
+                   help="also run the isotropy atlas (its quick grid with --quick; see ntk-ngd atlas) into OUT/atlas")
     r.add_argument("--out", default=None,
                    help="directory for figures, JSON/CSV and REPORT.md (default: the ignored results/reproduce-quick "
                         "or results/reproduce-DATASET; the committed reference figures are regenerated only by "

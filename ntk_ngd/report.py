@@ -548,6 +548,9 @@ def write_reproduction(out_dir, rc, res: dict) -> Path:
             body += [f"{METRIC_LABELS.get(m, m)}:", f"![damping]({name}_damping_{m}.png)",
                      f"![heatmap]({name}_heatmap_{m}.png)", damping_table(ds)]
         sections.append((title, "\n\n".join(body)))
+    if "atlas" in res["timings"]:
+        sections.append(("The isotropy atlas", "Every method next to its own function-space prediction: "
+                         "[atlas/REPORT.md](atlas/REPORT.md) (its claims are listed with the others above)."))
     sections.append(("Timings", md_table(["entry", "seconds"], [[k, v] for k, v in res["timings"].items()])
                      + f"\n\nMachine: {numbers['meta'].get('platform')} ({numbers['meta'].get('device')}), "
                        f"jax {numbers['meta'].get('jax_version')}, git {numbers['meta'].get('git_rev', '?')[:10]}."))
