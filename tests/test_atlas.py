@@ -177,3 +177,21 @@ def test_atlas_command_on_a_tiny_grid(tmp_path, capsys):
     assert cli.main(argv) == 0   # resumes: every point from the store
     with pytest.raises(SystemExit):
         cli.main(["atlas", "--setting", "mnist:relu:3"])
+
+
+def test_reproduce_atlas_entry(tmp_path, monkeypatch, capsys):
+    """reproduce --atlas runs the atlas as one more entry (here on a tiny grid) and lists its claims."""
+    import functools
+    tiny = functools.partial(atlas.AtlasConfig, settings=({"dataset": "synthetic", "activation": "erf", "depth": 2},),
+                             widths=(8, 16, 32), seeds=(0,), methods=("exact", "block_diagonal"), n_train=4,
+                             n_test=3, steps=1)
+    monkeypatch.setattr(atlas, "AtlasConfig", tiny)
+    out = tmp_path / "r"
+    argv = ["reproduce", "--quick", "--skip", "dynamics", "forster", "kfac_lr", "test", "width", "damping", "--atlas",
+            "--out", str(out), "--store", str(tmp_path / "s"), "--no-progress"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "[PASS] atlas_finite" in text and "claims PASS" in text
+    assert "atlas/REPORT.md" in (out / "REPORT.md").read_text() and (out / "atlas" / "REPORT.md").exists()
+    claims = {c["id"]: c["passed"] for c in json.loads((out / "reproduce.json").read_text())["claims"]}
+    assert claims["atlas_finite"] and claims["atlas_alpha"]
