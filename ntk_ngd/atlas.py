@@ -211,6 +211,35 @@ def _stateless(m) -> dict:
     return {k: v for k, v in (("hold", 1), ("accumulate", False)) if k in fields}
 
 
+def norm_dependence(ac: AtlasConfig) -> list[dict]:
+    """Infinite-width isotropy with inputs of unequal norms: the analytic Theta_G of every linear variant
+    with an analytic face on the setting's training inputs rescaled row-wise by s_n = 0.5 .. 1.5
+    (evenly spaced), against its mean eigenvalue (``operator_summary``). Cheap: kernels only, at the
+    largest width (unit-wise NGD's analytic face depends on it)."""
+    from .diagnostics import operator_summary
+    from .dynamics import analytic_source, preconditioned_kernel
+    r = ac.resolved()
+    out = []
+    for s in r.settings:
+        cfg = RunConfig(width=max(r.widths), n_train=r.n_train, n_test=r.n_test, **s)
+        data = load_data(cfg)
+        model = build_model(cfg, data)
+        n = data.x_train.shape[0]
+        scale = np.linspace(0.5, 1.5, n)[:, None]
+        for src_kind, x in (("unit", data.x_train), ("unequal", data.x_train * scale)):
+            src = analytic_source(model, x)
+            for label, name, opts in variants(r.methods):
+                m = method_object(cfg.replace(method=name, options=opts))
+                if not (m.linear and type(m).analytic):
+                    continue
+                try:
+                    err = operator_summary(preconditioned_kernel(m, src, 0.0)[0]).iso_err
+                except ValueError as e:
+                    err = f"{type(e).__name__}: {e}"
+                out.append({**s, "label": label, "norms": src_kind, "err_inf_mean": err})
+    return out
+
+
 # ----------------------------------------------------------------------------- summary and claims
 def _mean(rs, key) -> Optional[float]:
     v = [r[key] for r in rs if r.get(key) is not None and np.isfinite(r[key])]
@@ -322,6 +351,22 @@ def atlas_claims(summary: dict) -> list:
                              {name(e): _fmt_fit(e["fit_traj"]) for e in st},
                              bool(st) and all((e["fit_traj"]["ci"][1] < 0) if len(e["fit_traj"]["exponent_per_seed"]) > 1
                                               else e["fit_traj"]["exponent"] < 0 for e in st)))
+    # 7. input norms: which infinite-width isotropies survive inputs of unequal norms
+    nm = [x for x in summary.get("norms", []) if isinstance(x["err_inf_mean"], float)]
+    if nm:
+        key = lambda x: (x["dataset"], x["activation"], x["depth"], x["label"])
+        unit = {key(x): x["err_inf_mean"] for x in nm if x["norms"] == "unit"}
+        uneq = {key(x): x["err_inf_mean"] for x in nm if x["norms"] == "unequal"}
+        cls = {(e["dataset"], e["activation"], e["depth"], e["label"]): e["class"] for e in es}
+        iso_unit = [k for k, v in unit.items() if v <= INF_TOL]
+        lost = sorted(f"{k[3]}@{k[0]}/{k[1]}/L{k[2]}" for k in iso_unit if uneq.get(k, 0) > INF_TOL)
+        kept_finite = [k for k in iso_unit if cls.get(k) == "finite"]
+        claims.append(Claim("atlas_input_norms", "the methods exactly isotropic at finite width stay isotropic "
+                            "(infinite width) for inputs of unequal norms; the measurement names those that do not",
+                            f"||Theta_G / alpha_hat - I|| <= {INF_TOL:g} with rows scaled by 0.5..1.5 for every "
+                            "'finite' method", {"lose isotropy": lost or "none",
+                                                "worst finite": max((uneq.get(k, 0.0) for k in kept_finite), default=None)},
+                            bool(kept_finite) and all(uneq.get(k, 1.0) <= INF_TOL for k in kept_finite)))
     return claims
 
 
@@ -435,7 +480,8 @@ def plot_training(rows: Sequence[dict], path, setting) -> Optional[object]:
     return _save(fig, path)
 
 
-def write_atlas(out_dir, ac: AtlasConfig, rows: Sequence[dict], timings: Optional[dict] = None) -> tuple:
+def write_atlas(out_dir, ac: AtlasConfig, rows: Sequence[dict], timings: Optional[dict] = None,
+                norms: Sequence[dict] = ()) -> tuple:
     """atlas.csv, atlas.json (config, meta, table, claims), the figures and REPORT.md; returns
     (claims, REPORT.md path)."""
     from pathlib import Path
@@ -445,6 +491,7 @@ def write_atlas(out_dir, ac: AtlasConfig, rows: Sequence[dict], timings: Optiona
     out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     summary = atlas_summary(ok)
+    summary["norms"] = list(norms)
     claims = atlas_claims(summary)
     table = table_rows(summary)
     save_csv(table, out / "atlas.csv", list(TABLE_COLUMNS))
@@ -492,4 +539,5 @@ def run_atlas(ac: AtlasConfig, store, out_dir, progress: bool = True) -> tuple:
     run_sweep(atlas_point, ac.points(), store, progress=progress)
     keys = {config_key(p) for p in ac.points()}
     rows = [r for r in store_rows(store) if r["key"] in keys]
-    return write_atlas(out_dir, ac, rows, {"atlas": time.perf_counter() - t0})
+    norms = norm_dependence(ac)
+    return write_atlas(out_dir, ac, rows, {"atlas": time.perf_counter() - t0}, norms)
