@@ -166,7 +166,7 @@ def test_atlas_command_on_a_tiny_grid(tmp_path, capsys):
             "--steps", "2", "--out", str(tmp_path / "a"), "--no-progress"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "atlas claims PASS" in out and "[PASS] atlas_finite" in out
+    assert "atlas claims PASS" in out and "[PASS] atlas_finite" in out and "[PASS] atlas_input_norms" in out
     data = json.loads((tmp_path / "a" / "atlas.json").read_text())
     rows = {r["label"]: r for r in data["table"]}
     assert set(rows) == {"exact", "kfac", "gd", "shampoo[accumulate=True]"}
