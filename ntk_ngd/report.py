@@ -1,4 +1,5 @@
-"""Figures (matplotlib Agg, PNG), the numbers beside them (JSON/CSV) and markdown summaries.
+"""Figures (PNG, matplotlib's object-oriented API: no pyplot, the user's backend is left alone), the
+numbers beside them (JSON/CSV) and markdown summaries.
 
 Every ``plot_*`` takes the plain dicts that ``ntk_ngd.experiments`` returns and a PNG path;
 :func:`report_store` turns a sweep's results store into figures, CSV/JSON and a REPORT.md.
@@ -13,13 +14,27 @@ from typing import Optional, Sequence
 import numpy as np
 
 import matplotlib
+import matplotlib.ticker
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+from .experiments import fmt_value
+from .store import ResultsStore, dumps
 
-from .experiments import fmt_value  # noqa: E402
-from .store import ResultsStore, dumps  # noqa: E402
+
+class _Figures:
+    """``subplots`` and ``get_cmap`` without pyplot: a Figure saved by its own Agg canvas."""
+
+    @staticmethod
+    def subplots(nrows=1, ncols=1, figsize=None, squeeze=True):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+    @staticmethod
+    def get_cmap(name):
+        return matplotlib.colormaps[name]
+
+
+plt = _Figures()
 
 FLOOR = 1e-16  # losses/errors are clipped here on log axes
 
@@ -86,7 +101,6 @@ def _save(fig, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
