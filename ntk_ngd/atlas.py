@@ -289,6 +289,8 @@ def atlas_summary(rows: Sequence[dict]) -> dict:
              "by_width": mean_by(rs, ["width"], "err"),
              "fit": None if roundoff else fit_power_law(err_rows, "err"),
              "fit_traj": fit_power_law([r for r in rs if r.get("traj_err") is not None], "traj_err")}
+        if e["alpha"] is None:  # the class's declaration holds for its Fisher form only (alpha defined)
+            e["declared"] = None
         e["class"] = classify(e)
         entries.append(e)
     return {"entries": entries}
@@ -406,6 +408,26 @@ def _md(summary: dict) -> str:
                      "1-step predicted", "1-step measured", "max_t e_t", "e_t exponent", "conditions"], rows)
 
 
+def overview(summary: dict) -> str:
+    """The compact table (README): one row per variant, per setting its measured class with the error at
+    the largest width, its width exponent and the infinite-width error."""
+    from .report import md_table
+    settings = list(dict.fromkeys((e["dataset"], e["activation"], e["depth"]) for e in summary["entries"]))
+    by = {(e["dataset"], e["activation"], e["depth"], e["label"]): e for e in summary["entries"]}
+    labels = list(dict.fromkeys(e["label"] for e in summary["entries"]))
+    g = lambda v: "-" if v is None else f"{v:.2g}"
+    rows = []
+    for lab in labels:
+        es = [by.get(s + (lab,)) for s in settings]
+        first = next(e for e in es if e)
+        cells = ["-" if e is None else f"{e['class']}: {g(e['err'])}, b = {_fmt_fit(e['fit']) or 'round-off'}, "
+                 f"inf {g(e['err_inf'])}" for e in es]
+        rows.append([lab, "linear" if first["linear"] else f"nonlinear (d = {g(first['degree'])})",
+                     first["declared"] or "-"] + cells)
+    heads = [f"{d} {a} L={L}" for d, a, L in settings]
+    return md_table(["method", "map", "theory"] + heads, rows)
+
+
 def plot_errors(summary: dict, path) -> Optional[object]:
     """Isotropy (linear) or radiality (nonlinear) error vs M, one line per variant, one panel per setting."""
     from .report import _colors, _save, plt
@@ -516,6 +538,9 @@ def write_atlas(out_dir, ac: AtlasConfig, rows: Sequence[dict], timings: Optiona
                 ("Claims", md_table(["result", "claim", "rule", "measured"],
                                     [["PASS" if c.passed else "FAIL", c.id, c.tolerance,
                                       "; ".join(f"{k}: {v}" for k, v in c.measured.items())] for c in claims])),
+                ("Overview", "Per setting: the measured class, the isotropy (linear) or radiality (nonlinear) "
+                             "error at the largest width, its fitted width exponent b [95% interval over seeds] and "
+                             "the error with the analytic kernels (inf).\n\n" + overview(summary)),
                 ("Table", "error: ||Theta_G / alpha - I||_2 for linear maps (alpha the method's own constant, "
                           "alpha_hat = tr Theta_G / N C where it has none), sin angle(r_0, Phi(r_0)) for nonlinear "
                           "ones; (inf): analytic kernels; exponent: fitted width exponent of the error (95% t-interval "
