@@ -50,3 +50,23 @@ def chunked_sum(fn, n: int, chunk: int):
         return first
     acc, _ = jax.lax.scan(body, first, idx[1:])
     return acc
+
+
+def equilibrated_solve(A, B):
+    """A^{-1} B for a symmetric (possibly indefinite) A, with the symmetric diagonal equilibration
+    W A W (W = diag(1 / sqrt(max(|A_ii|, 1)))): LU with partial pivoting on a matrix whose large
+    diagonal entries (a damping term that dominates a row) are scaled to 1, so its error is set by
+    the conditioning of the equilibrated matrix, not by the spread of the diagonal."""
+    w = 1.0 / jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(A)), 1.0))
+    X = jnp.linalg.solve(w[:, None] * A * w[None, :], w[:, None] * B)
+    return w[:, None] * X
+
+
+def sym_pinv_apply(A, B):
+    """A^+ B for a symmetric (possibly indefinite) A (n, n), B (n, k): eigh with the relative cutoff
+    ``pinv_cutoff`` on |eigenvalues|."""
+    w, V = jnp.linalg.eigh(A)
+    a = jnp.abs(w)
+    keep = a > pinv_cutoff(a)
+    winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
+    return V @ (winv[:, None] * (V.T @ B))

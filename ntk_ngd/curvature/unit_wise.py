@@ -6,6 +6,13 @@ d_i = delta_{l, i} (N C,) and K~ = H H^T. Step: d_{l,i} = J_{l,i}^T v_{l,i},
 E_i only touches rows where Theta_{l,i} vanishes (inactive relu units), whose v is then
 multiplied by d_i = 0: the same step for rho > 0 and the pseudo-inverse at rho = 0.
 With C > 1 and rho = 0, Theta_{l,i} has rank <= N < N C: the step is J_{l,i}^+ g by SVD of J_{l,i}.
+With C = 1 and rho = 0, E_i covers the inactive samples only: where the layer's input Gram K~ is
+singular (duplicate inputs, a zero input row, M_{l-1} + 1 < N) an active unit's Theta_{l,i} is
+singular too. Then (decided once per layer) K~ = U s U^T, R = U s^{1/2} (s > cutoff), so that
+J_{l,i} = diag(d_i) R W^T with W = H^T U s^{-1/2} orthonormal, and per unit F_i = diag(d_i) R (N, r):
+the step is J_{l,i}^+ g = W F_i^+ g, Theta_{l,i} Theta_{l,i}^+ = F_i F_i^+ and the test rows
+J_{l,i}(x') J_{l,i}^+ = diag(d_i(x')) K~(x', X) U s^{-1/2} F_i^+ (pseudo-inverse semantics: the
+minimum-norm step and the projectors J G^+ J^T / N, never NaN).
 Function space: Theta_G = sum_{l,i} Theta_{l,i} (Theta_{l,i} + N rho + E_i)^{-1};
 alpha = gamma sum_{l<L} M_l + 1 (C = 1, M_0 >= N, rho << 1/M); the paper's code: gamma (L-1) M.
 All units of a layer are solved as a batch (vmap over chunks of units, no Python loop). The chunk
@@ -25,12 +32,35 @@ import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
 from ..layers import expand
-from ..linalg import chunked_sum
+from ..linalg import chunked_sum, pinv_cutoff
 from .base import PerLayer
 from .dense import group_inverse
 from .registry import register_method
 
 CHUNK_BYTES = 16 * 2 ** 20  # working set of one chunk of per-unit systems (default chunk)
+
+
+def gram_singular(K):
+    """Whether the PSD Gram K (N, N) is numerically singular (the pivot test of ``linalg.psd_solve``)."""
+    c = jnp.linalg.cholesky(K)
+    piv = jnp.diagonal(c) ** 2
+    return ~(jnp.all(jnp.isfinite(c)) & (jnp.min(piv) > pinv_cutoff(jnp.diagonal(K))[0]))
+
+
+def gram_root(K):
+    """(R, Rinv) for the PSD K~ (N, N) = U s U^T: R = U s^{1/2} and Rinv = U s^{-1/2}, with the columns
+    of the eigenvalues below the relative cutoff set to 0."""
+    s, U = jnp.linalg.eigh(K)
+    keep = s > pinv_cutoff(s)
+    r = jnp.sqrt(jnp.where(keep, s, 1.0))
+    return U * jnp.where(keep, r, 0.0), U * jnp.where(keep, 1.0 / r, 0.0)
+
+
+def branch(pred, regular, fallback):
+    """regular() or fallback(): chosen in Python where pred is concrete, by lax.cond inside jit."""
+    if isinstance(pred, jax.core.Tracer):
+        return jax.lax.cond(pred, fallback, regular)
+    return fallback() if bool(pred) else regular()
 
 
 def unit_system(d, K, shift):
@@ -67,6 +97,12 @@ class UnitWise(PerLayer):
             warnings.warn(f"unit_wise: rho = {rho} is not << 1/M = {1 / max(model.widths[1:]):.3g}: the per-unit "
                           "kernels are O(1/M) and the step degrades towards GD with step eta/rho", stacklevel=3)
 
+    def isotropy_for(self, model):
+        """"finite" where phi' never vanishes (gamma = 1: erf, tanh, linear): every per-unit kernel
+        diag(d_i) K~ diag(d_i) is then PD for rank-N layer inputs and Theta_G = (sum_{l<L} M_l + 1) I
+        exactly at rho = 0; "wide" where units switch off (relu: about gamma M_l active per input)."""
+        return "finite" if model.active_fraction == 1.0 else "wide"
+
     def alpha(self, model, n, convention=None):
         hidden = model.widths[1:-1]
         if (convention or self.convention) == "paper":
@@ -79,6 +115,8 @@ class UnitWise(PerLayer):
         K = expand(H @ H.T, C)
         Hr = jnp.repeat(H, C, axis=0)
 
+        chunk = self._chunk(n, C, D.shape[1])
+
         def unit_row(d_unit):  # (N, C) -> row (M_{l-1}+1,)
             d = d_unit.reshape(-1)
             if rho == 0 and C > 1:
@@ -87,7 +125,18 @@ class UnitWise(PerLayer):
             v = cho_solve(cho_factor(A, lower=True), gf)
             return (d * v).reshape(n, C).sum(-1) @ H
 
-        return jax.lax.map(unit_row, D.transpose(1, 0, 2), batch_size=self._chunk(n, C, D.shape[1]))
+        def regular():
+            return jax.lax.map(unit_row, D.transpose(1, 0, 2), batch_size=chunk)
+
+        if not (rho == 0 and C == 1):
+            return regular()
+
+        def pseudo_inverse():  # K~ singular: rows (W F_i^+ g)^T = (F_i^+ g)^T Rinv^T H
+            R, Rinv = gram_root(K)
+            a = jax.lax.map(lambda d: jnp.linalg.pinv(d[:, None] * R) @ gf, D[:, :, 0].T, batch_size=chunk)
+            return (a @ Rinv.T) @ H
+
+        return branch(gram_singular(K), regular, pseudo_inverse)
 
     def kernel(self, src, rho):
         if not src.empirical:  # analytic limit: Theta_G -> alpha I on the training set
@@ -119,7 +168,31 @@ class UnitWise(PerLayer):
             return tr.sum(0), (0.0 if cr is None else cr.sum(0))
 
         n_test = 0 if src.cross is None else src.cross.KH[l].shape[0]
-        tr, cr = chunked_sum(chunk_sum, D.shape[1], self._chunk(n, C, D.shape[1], n_test))
+        chunk = self._chunk(n, C, D.shape[1], n_test)
+
+        def regular():
+            return chunked_sum(chunk_sum, D.shape[1], chunk)
+
+        if not (rho == 0 and C == 1):
+            tr, cr = regular()
+            return tr, (None if src.cross is None else cr)
+
+        def pseudo_inverse():  # K~ singular: F_i F_i^+ and diag(d_i(x')) K~(x', X) Rinv F_i^+
+            R, Rinv = gram_root(K)
+            KxR = None if src.cross is None else src.cross.KH[l] @ Rinv
+
+            def ops(d, dx):
+                F = d[:, None] * R
+                Fp = jnp.linalg.pinv(F)
+                return F @ Fp, (None if dx is None else (dx[:, None] * KxR) @ Fp)
+
+            def pinv_chunk(idx, valid):
+                dx = None if src.cross is None else Dx[idx] * valid[:, None]
+                tr, cr = jax.vmap(ops, in_axes=(0, None if dx is None else 0))(Dt[idx] * valid[:, None], dx)
+                return tr.sum(0), (0.0 if cr is None else cr.sum(0))
+            return chunked_sum(pinv_chunk, D.shape[1], chunk)
+
+        tr, cr = branch(gram_singular(K), regular, pseudo_inverse)
         return tr, (None if src.cross is None else cr)
 
     def layer_dense(self, dense, l, rho):
