@@ -67,13 +67,14 @@ def test_train_float32_and_lr_number(tmp_path, capsys):
 
 def test_sweep_records_failures_and_report(tmp_path, capsys):
     store, rep = tmp_path / "store", tmp_path / "rep"
-    argv = ["sweep", *TINY, "--method", "exact", "--width", "16", "0", "--seed", "0", "--no-analytic",
-            "--store", str(store), "--no-progress", "--report", str(rep)]
+    # K-FAC's stated condition N <= M_0 fails on 4 input features with N = 6: one point errs, one runs
+    argv = ["sweep", *TINY, "--dim", "4", "--method", "exact", "kfac", "--width", "16", "--seed", "0",
+            "--no-analytic", "--store", str(store), "--no-progress", "--report", str(rep)]
     assert cli.main(argv) == 0
     assert "ran=2 skipped=0 failed=1" in capsys.readouterr().out
-    recs = {r["config"]["width"]: r for r in ResultsStore(store).records()}
-    assert recs[16]["status"] == "ok" and recs[0]["status"] == "error"
-    assert "every width must be an integer" in recs[0]["error"]
+    recs = {r["config"]["method"]: r for r in ResultsStore(store).records()}
+    assert recs["exact"]["status"] == "ok" and recs["kfac"]["status"] == "error"
+    assert "kfac" in recs["kfac"]["error"] and "M_0" in recs["kfac"]["error"]
     text = (rep / "sweep_REPORT.md").read_text()
     assert "Failed grid points" in text and (rep / "sweep_runs.csv").exists()
     assert cli.main(argv) == 0  # rerun: both points skipped (the error is kept, not retried)

@@ -134,7 +134,7 @@ def test_sweep_point_records_an_invalid_width_as_an_error(tmp_path):
     assert summary.ran == 2 and summary.failed == 1
     recs = {r["config"]["width"]: r for r in ResultsStore(tmp_path).records()}
     assert recs[16]["status"] == "ok" and recs[0]["status"] == "error"
-    assert "every width must be an integer >= 1" in recs[0]["error"]
+    assert "width must be an integer >= 1, got 0" in recs[0]["error"]
     assert recs[16]["meta"]["dtype"] == "float64" and "jax_version" in recs[16]["meta"]
 
 
