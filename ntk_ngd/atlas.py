@@ -345,8 +345,8 @@ def atlas_claims(summary: dict) -> list:
     # 3. isotropic only as M grows: the error falls with M and vanishes at infinite width
     wide = [e for e in gp if e["declared"] == "wide" and e["alpha"] is not None]
     claims.append(Claim("atlas_wide", "methods isotropic only as M grows have an error that falls with M and "
-                             "vanishes with the analytic kernels", "class 'wide' (exponent interval below 0, "
-                             f"infinite-width error <= {INF_TOL:g})",
+                             "vanishes with the analytic kernels", f"class 'wide' (pooled width exponent < {FALLS}, "
+                             f"every seed's < 0; infinite-width error <= {INF_TOL:g})",
                              {name(e): f"{e['class']}, b = {_fmt_fit(e['fit'])}, inf = {e['err_inf']}" for e in wide},
                              bool(wide) and all(e["class"] == "wide" for e in wide)))
     # 4. not isotropic at all
