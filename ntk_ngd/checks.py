@@ -50,6 +50,31 @@ def learning_rate(value, name: str = "lr") -> float:
     return real(value, name, 0.0, strict=True)
 
 
+def _all_finite(a) -> Optional[bool]:
+    """Whether every entry of ``a`` is finite; None where that cannot be known (a tracer, or a constant
+    inside a jit trace, where the reduction is staged out)."""
+    if isinstance(a, jax.core.Tracer):
+        return None
+    try:
+        return bool(jnp.all(jnp.isfinite(a)))
+    except jax.errors.ConcretizationTypeError:
+        return None
+
+
+def model(m, name: str = "model"):
+    """An ``ntk_ngd.MLP`` (or an object with its interface: widths, depth, n_outputs, apply)."""
+    if not all(hasattr(m, a) for a in ("widths", "depth", "n_outputs", "apply", "check_params")):
+        raise TypeError(f"{name} must be an ntk_ngd.MLP (e.g. MLP((M_0, ..., C))), got {type(m).__name__} {m!r:.80}")
+    return m
+
+
+def function(f, name: str):
+    """A callable."""
+    if not callable(f):
+        raise TypeError(f"{name} must be a callable, got {type(f).__name__}")
+    return f
+
+
 def float_dtype(params=None):
     """The float dtype in use: that of the params' first weight matrix, else JAX's default float
     (float64 under jax_enable_x64)."""
@@ -58,9 +83,11 @@ def float_dtype(params=None):
     return jnp.zeros(()).dtype
 
 
-def array(x, name: str, dtype=None, ndim: Optional[int] = None):
+def array(x, name: str, dtype=None, ndim: Optional[int] = None, cast_floats: bool = True):
     """A finite real jnp array; integer / bool input is cast to ``dtype`` (default: the float in use),
-    a float input keeps its dtype unless ``dtype`` is given."""
+    a float input keeps its dtype unless ``dtype`` is given (and ``cast_floats``)."""
+    if x is None:
+        raise ValueError(f"{name} must be a real numeric array, got None")
     try:
         a = np.asarray(x) if not isinstance(x, jnp.ndarray) else x
     except (TypeError, ValueError) as e:
@@ -76,20 +103,21 @@ def array(x, name: str, dtype=None, ndim: Optional[int] = None):
     if kind in "biu":
         a = jnp.asarray(a, dtype or float_dtype())
     else:
-        a = jnp.asarray(a, dtype) if dtype is not None else jnp.asarray(a)
-    if not isinstance(a, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(a))):
-        n_bad = int(jnp.sum(~jnp.isfinite(a)))
+        a = jnp.asarray(a, dtype) if dtype is not None and cast_floats else jnp.asarray(a)
+    if _all_finite(a) is False:
+        n_bad = int(np.sum(~np.isfinite(np.asarray(a))))
         raise ValueError(f"{name} contains {n_bad} NaN or inf entries")
     return a
 
 
-def inputs(model, x, name: str = "x", dtype=None):
+def inputs(model, x, name: str = "x", dtype=None, cast_floats: bool = True):
     """x (N, M_0) with N >= 1, finite, real (integers cast to the float in use)."""
-    a = array(x, name, dtype)
+    a = array(x, name, dtype, cast_floats=cast_floats)
     if a.ndim != 2 or a.shape[1] != model.widths[0]:
         raise ValueError(f"{name} must have shape (N, M_0={model.widths[0]}), got {a.shape}")
     if a.shape[0] < 1:
-        raise ValueError(f"{name} has no rows: N must be >= 1")
+        hint = " (pass None for no test set)" if "test" in name else ""
+        raise ValueError(f"{name} has no rows: N must be >= 1{hint}")
     return a
 
 
@@ -126,10 +154,23 @@ def params(model, p) -> None:
             if not isinstance(v, (np.ndarray, jax.Array)) or v.dtype.kind != "f":
                 got = v.dtype if isinstance(v, (np.ndarray, jax.Array)) else type(v).__name__
                 raise ValueError(f"params layer {l} {key} must be a real floating array, got {got}")
+            if np.dtype(v.dtype) not in (np.float32, np.float64):
+                raise ValueError(f"params layer {l} {key} is {v.dtype}: use float32 or float64 (half precision is "
+                                 "too coarse for the kernel-space solves)")
             if tuple(v.shape) != shape:
                 raise ValueError(f"params layer {l}: expected W {(m, k)} and b {(m,)}, got {key} {tuple(v.shape)}")
-            if not isinstance(v, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(v))):
+            if _all_finite(v) is False:
                 raise ValueError(f"params layer {l} {key} contains NaN or inf (a diverged run?)")
             dtypes.add(np.dtype(v.dtype))
     if len(dtypes) > 1:
         raise ValueError(f"params mix dtypes {sorted(str(d) for d in dtypes)}; use one float dtype")
+
+
+def finite_grams(g, name: str, x) -> None:
+    """Grams (``layers.Grams``) of finite inputs ``x`` that overflowed: say so (not "singular")."""
+    if all(_all_finite(k) is not False for k in list(g.KH) + list(g.KD)):
+        return
+    big = float(jnp.max(jnp.abs(x))) if x.size else 0.0
+    raise FloatingPointError(f"the kernels of {name} overflow to inf/NaN although {name} is finite (largest |entry| "
+                             f"{big:.3g}): rescale the inputs (e.g. unit-norm rows)")
+

@@ -100,7 +100,10 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 
 def _as_float_matrix(x, what: str, allow_empty: bool = False) -> np.ndarray:
     """(N, ...) array -> float64 (N, prod(...)), finite, N >= 1 (N >= 0 with ``allow_empty``)."""
-    x = np.asarray(x)
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise ValueError(f"{what} must be a rectangular numeric array (N, features...): {e}") from None
     if x.ndim < 1 or (x.shape[0] == 0 and not allow_empty) or (x.shape[0] and x.size == 0):
         raise ValueError(f"{what} must be a non-empty array of shape (N, features...), got shape {x.shape}")
     if x.dtype.kind not in "biuf":

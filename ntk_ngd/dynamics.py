@@ -24,10 +24,8 @@ from .ngd import check_damping
 
 # --- kernel sources -------------------------------------------------------------------
 def _source_inputs(model, x_train, x_test, dtype=None):
-    x_train = checks.inputs(model, x_train, "x_train", dtype)
-    if x_test is not None:
-        if np.shape(x_test)[0] == 0:
-            raise ValueError("x_test has no rows: pass x_test=None for no test set")
+    x_train = checks.inputs(checks.model(model), x_train, "x_train", dtype)
+    if x_test is not None:  # no rows: "x_test has no rows ... (pass None for no test set)"
         x_test = checks.inputs(model, x_test, "x_test", x_train.dtype)
     return x_train, x_test
 
@@ -41,19 +39,27 @@ def _source(src) -> KernelSource:
 def empirical_source(model, params, x_train, x_test=None) -> KernelSource:
     """Finite-network Grams and factors at params (the empirical kernels); x_train (N, M_0),
     x_test (N', M_0) or None."""
-    model.check_params(params)
+    checks.model(model).check_params(params)
     x_train, x_test = _source_inputs(model, x_train, x_test, checks.float_dtype(params))
     ft = factors(model, params, x_train)
     fx = None if x_test is None else factors(model, params, x_test)
-    return KernelSource(model, grams(ft), None if fx is None else grams(fx, ft), ft, fx)
+    train, cross = grams(ft), None if fx is None else grams(fx, ft)
+    checks.finite_grams(train, "x_train", x_train)
+    if cross is not None:
+        checks.finite_grams(cross, "x_test", x_test)
+    return KernelSource(model, train, cross, ft, fx)
 
 
 def analytic_source(model, x_train, x_test=None) -> KernelSource:
     """Infinite-width Grams (Sigma_l, B_l (x) I_C) from ``analytic.py``."""
     from .analytic import analytic_grams
     x_train, x_test = _source_inputs(model, x_train, x_test)
-    return KernelSource(model, analytic_grams(model, x_train),
-                        None if x_test is None else analytic_grams(model, x_test, x_train))
+    train = analytic_grams(model, x_train)
+    checks.finite_grams(train, "x_train", x_train)
+    cross = None if x_test is None else analytic_grams(model, x_test, x_train)
+    if cross is not None:
+        checks.finite_grams(cross, "x_test", x_test)
+    return KernelSource(model, train, cross)
 
 
 def residual_map(method, src: KernelSource, damping=0.0, **options) -> ResidualMap:
@@ -85,7 +91,7 @@ def isotropy_constant(method, model, n_train: int, convention: str = "theory", *
     m = get_method(method, **options)
     if convention not in ("theory", "paper"):
         raise ValueError(f"convention must be 'theory' or 'paper', got {convention!r}")
-    return m.alpha(model, checks.count(n_train, "n_train"), "paper" if convention == "paper" else None)
+    return m.alpha(checks.model(model), checks.count(n_train, "n_train"), "paper" if convention == "paper" else None)
 
 
 def optimal_lr(method, model, n_train: int, theta_g=None, convention="theory", **options) -> float:
@@ -93,10 +99,19 @@ def optimal_lr(method, model, n_train: int, theta_g=None, convention="theory", *
     m = get_method(method, **options)
     alpha = isotropy_constant(m, model, n_train, convention)
     if alpha is not None:
+        if not alpha > 0:
+            raise ValueError(f"{m.name}: its isotropy constant is alpha = {alpha} for this network ({convention} "
+                             "convention), so eta = 1 / alpha is undefined; give a numeric lr")
         return 1.0 / alpha
     if theta_g is None:
         raise ValueError(f"{m.name} has no isotropy constant: pass theta_g to set eta = 1 / lambda_max")
-    return float(1.0 / jnp.linalg.eigvalsh(theta_g)[-1])
+    theta_g = checks.array(theta_g, "theta_g", ndim=2)
+    if theta_g.shape[0] != theta_g.shape[1]:
+        raise ValueError(f"theta_g must be a square (N C, N C) matrix, got shape {theta_g.shape}")
+    lam = float(jnp.linalg.eigvalsh(0.5 * (theta_g + theta_g.T))[-1])
+    if not lam > 0:
+        raise ValueError(f"theta_g has no positive eigenvalue (lambda_max = {lam:.3g}): no step size 1 / lambda_max")
+    return 1.0 / lam
 
 
 def spectrum(theta_g):
@@ -106,6 +121,8 @@ def spectrum(theta_g):
 
 def isotropy_error(theta_g, alpha: float) -> float:
     """||Theta_G / alpha - I||_2."""
+    alpha = checks.real(alpha, "alpha", 0.0, strict=True)
+    theta_g = checks.array(theta_g, "theta_g", ndim=2)
     w = spectrum(theta_g) / alpha - 1.0
     return float(jnp.max(jnp.abs(w)))
 
@@ -140,11 +157,30 @@ def _steps(t) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _kernel(theta, name: str, shape: tuple):
+def _kernel(theta, name: str, shape: tuple, why: str = ""):
     a = checks.array(theta, name)
     if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+        raise ValueError(f"{name} must have shape (N C, N C) = {shape}{why}, got {a.shape}")
     return a
+
+
+def _initial(f0_train, f0_test, y):
+    """f0_train (N, C) of y's shape and f0_test (N', C) or None, checked."""
+    if f0_train is None:
+        raise ValueError("f0_train (the outputs at t = 0, (N, C)) is required")
+    f0_train = _outputs(f0_train, "f0_train", y.shape[1])
+    if f0_train.shape != y.shape:
+        raise ValueError(f"f0_train must have y's shape {y.shape}, got {f0_train.shape}")
+    return f0_train, None if f0_test is None else _outputs(f0_test, "f0_test", y.shape[1])
+
+
+def _finite(p: "Prediction", lr) -> "Prediction":
+    """Refuse a prediction that overflowed: the step size is unstable for these kernels."""
+    for a in (p.train, p.test):
+        if a is not None and not bool(jnp.all(jnp.isfinite(a))):
+            raise FloatingPointError(f"lr = {lr:g} is unstable here: the predicted outputs overflow to inf/NaN "
+                                     "(eta lambda >= 2 for an eigenvalue lambda of the step's operator); use a smaller lr")
+    return p
 
 
 def _outputs(f, name: str, c: Optional[int] = None):
@@ -167,7 +203,7 @@ def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
     lr = checks.learning_rate(lr)
     y = _outputs(y, "y")
     nc = y.size
-    theta_g = _kernel(theta_g, "theta_g", (nc, nc))
+    theta_g = _kernel(theta_g, "theta_g", (nc, nc), f" for y of shape {y.shape}")
     if cross is not None:
         cross = checks.array(cross, "cross")
         if cross.ndim != 2 or cross.shape[1] != nc or cross.shape[0] % y.shape[1]:
@@ -188,13 +224,11 @@ def linearized(theta_g, y, lr: float, cross=None, symmetric_tol: float = 1e-10):
         return Prediction(train, test, None)
 
     def predict_fn(t=None, f0_train=None, f0_test=None) -> Prediction:
-        if f0_train is None:
-            raise ValueError("predict_fn needs f0_train, the outputs at t = 0 (N, C)")
-        f0_train = _outputs(f0_train, "f0_train", y.shape[1])
-        if f0_train.shape != y.shape:
-            raise ValueError(f"f0_train must have y's shape {y.shape}, got {f0_train.shape}")
+        return _finite(_predict(t, f0_train, f0_test), lr)
+
+    def _predict(t, f0_train, f0_test) -> Prediction:
+        f0_train, f0_test = _initial(f0_train, f0_test, y)
         if f0_test is not None:
-            f0_test = _outputs(f0_test, "f0_test", y.shape[1])
             if cross is not None and f0_test.size != cross.shape[0]:
                 raise ValueError(f"f0_test has {f0_test.size} entries, cross has {cross.shape[0]} rows")
         if t is None:
@@ -220,6 +254,9 @@ def predict(theta_g, cross, f0_train, f0_test, y, lr: float, steps, symmetric_to
     Eigendecomposition of the symmetric Theta_G: (I - eta Theta_G)^t = U diag((1 - eta lambda)^t) U^T;
     a non-symmetric Theta_G is iterated step by step (exact, stable).
     """
+    if steps is None:
+        raise ValueError("steps must be an integer >= 0 or a non-empty 1-d array of such integers, got None "
+                         "(the t -> infinity limit is predict_limit)")
     return linearized(theta_g, y, lr, cross, symmetric_tol)(steps, f0_train, None if cross is None else f0_test)
 
 
@@ -235,9 +272,13 @@ def iterated(phi, y, lr: float, phi_test=None):
     Returns ``predict_fn(t, f0_train, f0_test=None) -> Prediction`` (t an int T or an array of steps)."""
     lr = checks.learning_rate(lr)
     y = _outputs(y, "y")
+    checks.function(phi, "phi")
+    if phi_test is not None:
+        checks.function(phi_test, "phi_test")
 
     def predict_fn(t, f0_train, f0_test=None) -> Prediction:
         steps = _steps(t)
+        f0_train, f0_test = _initial(f0_train, f0_test, y)
         n, c = f0_train.shape
         with_test = phi_test is not None and f0_test is not None
 
@@ -249,7 +290,7 @@ def iterated(phi, y, lr: float, phi_test=None):
         f0t = f0_test.reshape(-1) if with_test else jnp.zeros(1, f0_train.dtype)
         _, (rs, fts) = jax.lax.scan(step, ((f0_train - y).reshape(-1), f0t), None, length=int(steps.max()) + 1)
         train = y[None] + rs[steps].reshape(-1, n, c)
-        return Prediction(train, fts[steps].reshape(len(steps), -1, c) if with_test else None, steps)
+        return _finite(Prediction(train, fts[steps].reshape(len(steps), -1, c) if with_test else None, steps), lr)
 
     return predict_fn
 
@@ -269,11 +310,17 @@ def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, lr_po
     lr, y, q = checks.learning_rate(lr), _outputs(y, "y"), checks.real(lr_power, "lr_power")
     if not _source(src).empirical:
         raise ValueError(f"{m.name}: method_predictor needs an empirical source (the structured factors)")
+    if y.shape != (src.n, src.C):
+        raise ValueError(f"y must have shape (N, C) = {(src.n, src.C)} of the source's training inputs, got {y.shape}")
     fac, fx = src.fac_train, src.fac_test
     c = src.C
 
     def predict_fn(t, f0_train, f0_test=None) -> Prediction:
         steps = _steps(t)
+        f0_train, f0_test = _initial(f0_train, f0_test, y)
+        if f0_test is not None and fx is not None and f0_test.shape[0] != fx.H[0].shape[0]:
+            raise ValueError(f"f0_test must have one row per test input of the source ({fx.H[0].shape[0]}), "
+                             f"got shape {f0_test.shape}")
         with_test = fx is not None and f0_test is not None
         r0 = f0_train - y
 
@@ -288,7 +335,7 @@ def method_predictor(method, src: KernelSource, y, lr: float, damping=0.0, lr_po
         state0 = m.init(fac, r0, rho) if m.stateful else ()
         f0t = f0_test if with_test else jnp.zeros((1, c), f0_train.dtype)
         _, (rs, fts) = jax.lax.scan(step, (r0, f0t, state0), jnp.arange(int(steps.max()) + 1))
-        return Prediction(y[None] + rs[steps], fts[steps] if with_test else None, steps)
+        return _finite(Prediction(y[None] + rs[steps], fts[steps] if with_test else None, steps), lr)
 
     return predict_fn
 
@@ -310,8 +357,19 @@ def predict_limit(theta_g, cross, f0_train, f0_test, y, lr: Optional[float] = No
 def predict_gd_continuous(theta, cross, f0_train, f0_test, y, lr: float, times) -> Prediction:
     """Gradient flow on the MSE loss: f_t - y = exp(-eta t Theta / N)(f_0 - y); f_t(x') likewise
     with (Theta / N)(x', X). ``theta`` is the NTK Theta (N C, N C), ``cross`` Theta(x', X)."""
+    lr = checks.learning_rate(lr)
+    y = _outputs(y, "y")
+    theta = _kernel(theta, "theta", (y.size, y.size), f" for y of shape {y.shape}")
+    f0_train, f0_test = _initial(f0_train, f0_test, y)
+    if cross is not None:
+        cross = checks.array(cross, "cross", ndim=2)
+        if f0_test is None or cross.shape != (f0_test.size, y.size):
+            raise ValueError(f"cross must have shape (N' C, N C) = ({'N' if f0_test is None else f0_test.size}' C, "
+                             f"{y.size}) with f0_test given, got {cross.shape}")
+    times = np.atleast_1d(np.asarray(checks.array(times, "times"), float))
+    if times.ndim != 1 or np.any(times < 0):
+        raise ValueError(f"times must be a 1-d array of times >= 0, got {times}")
     n, c = f0_train.shape
-    times = np.asarray(times, float)
     w, U = jnp.linalg.eigh(0.5 * (theta + theta.T) / n)
     z = U.T @ (f0_train - y).reshape(-1)
     decay = jnp.exp(-lr * times[:, None] * w[None, :])

@@ -37,12 +37,12 @@ def factors(model, params, x) -> Factors:
     """Forward pass for h~_{l-1}, backward pass for delta_l = d f / d u_l (delta_L = I_C)."""
     L, C, N = model.depth, model.n_outputs, x.shape[0]
     H, U = [], []
-    h = x
+    h = x.astype(jnp.result_type(x.dtype, params[0]["W"].dtype))  # the promoted dtype (as in MLP.apply)
     for l, p in enumerate(params):
         m_in = p["W"].shape[1]
         # u_l written exactly as in MLP.apply (no [W, b] copy): under jit, XLA's common-subexpression
         # elimination then merges this forward pass with an MLP.apply on the same params and x.
-        hs = (model.sigma_w / np.sqrt(m_in)) * h
+        hs = float(model.sigma_w / np.sqrt(m_in)) * h  # a Python float: float32 params stay float32
         u = hs @ p["W"].T + model.sigma_b * p["b"]
         H.append(jnp.concatenate([hs, jnp.full((N, 1), model.sigma_b, h.dtype)], axis=1))
         U.append(u)
@@ -52,7 +52,7 @@ def factors(model, params, x) -> Factors:
     dphi = model.dphi
     for l in range(L - 2, -1, -1):
         W_next = params[l + 1]["W"]
-        back = jnp.einsum("mi,nmc->nic", W_next, D[l + 1]) * (model.sigma_w / np.sqrt(W_next.shape[1]))
+        back = jnp.einsum("mi,nmc->nic", W_next, D[l + 1]) * float(model.sigma_w / np.sqrt(W_next.shape[1]))
         D[l] = dphi(U[l])[:, :, None] * back
     return Factors(H, D)
 

@@ -101,7 +101,11 @@ class MLP:
     # --- parameters and forward pass -----------------------------------------------
     def init(self, key) -> list:
         """i.i.d. N(0, 1) params: list of L dicts {"W": (M_l, M_{l-1}), "b": (M_l,)}."""
-        keys = jax.random.split(key, 2 * self.depth)
+        try:
+            keys = jax.random.split(key, 2 * self.depth)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"key must be a jax PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), got "
+                             f"{type(key).__name__} {key!r:.60} ({str(e).splitlines()[0][:120]})") from None
         dtype = jnp.zeros(()).dtype  # float64 under jax_enable_x64
         return [
             {"W": jax.random.normal(keys[2 * i], (m, k), dtype),
@@ -120,9 +124,14 @@ class MLP:
         return checks.inputs(self, x, name)
 
     def apply(self, params, x) -> jnp.ndarray:
-        """f(x): (N, M_0) -> (N, C)."""
-        h = x
+        """f(x): (N, M_0) -> (N, C). Checks the params layout and x (real, (N, M_0), finite where known;
+        integer / bool x is cast to the params' float dtype)."""
+        from . import checks
+        checks.params(self, params)
+        h = checks.inputs(self, x, "x", checks.float_dtype(params), cast_floats=False)
+        h = h.astype(jnp.result_type(h.dtype, params[0]["W"].dtype))  # float32 x, float64 params: float64
         for l, p in enumerate(params):
-            u = (self.sigma_w / np.sqrt(p["W"].shape[1])) * h @ p["W"].T + self.sigma_b * p["b"]
+            # a Python float scale: a numpy float64 would promote float32 params to float64
+            u = float(self.sigma_w / np.sqrt(p["W"].shape[1])) * h @ p["W"].T + self.sigma_b * p["b"]
             h = self.phi(u) if l < len(params) - 1 else u
         return h

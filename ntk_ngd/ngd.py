@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from . import checks
 from .curvature import get_method
-from .layers import factors, to_params
+from .layers import factors, grams, to_params
 from . import losses
 
 
@@ -21,6 +21,23 @@ def check_data(model, x, y, dtype=None, names=("x", "y")):
     """x (N, M_0) and y (N, C): shapes, real dtypes (integers cast to the float in use, ``dtype`` if
     given), finiteness (``checks.data``); returns jnp arrays."""
     return checks.data(model, x, y, dtype, names)
+
+
+def check_overflow(model, params, x, name: str = "x") -> None:
+    """Raise a FloatingPointError naming the inputs where the outputs or kernels on finite x overflow
+    (a non-finite step is then not a singular system)."""
+    f = model.apply(params, x)
+    if not bool(jnp.all(jnp.isfinite(f))):
+        raise FloatingPointError(f"the network outputs on {name} overflow to inf/NaN although {name} and the params "
+                                 f"are finite (largest |entry| {float(jnp.max(jnp.abs(x))):.3g}): rescale the inputs")
+    checks.finite_grams(grams(factors(model, params, x)), name, x)
+
+
+def check_loss(loss) -> str:
+    """loss: "mse" or "cross_entropy"."""
+    if not isinstance(loss, str) or loss not in ("mse", "cross_entropy"):
+        raise ValueError(f"unknown loss {loss!r}; choose 'mse' or 'cross_entropy'")
+    return loss
 
 
 def direction_fn(model, method, rho: float, loss: str = "mse", n_train=None, **options):
@@ -61,7 +78,8 @@ def ngd_direction(model, params, x, y, method, damping=0.0, loss="mse", **option
     d = (G + rho I)^+ grad computed through N C x N C kernel-space systems (J is never formed).
     """
     rho = check_damping(damping)
-    model.check_params(params)
+    check_loss(loss)
+    checks.model(model).check_params(params)
     x, y = check_data(model, x, y, checks.float_dtype(params))
     if loss == "mse":
         method = get_method(method, **options)
@@ -72,6 +90,7 @@ def ngd_direction(model, params, x, y, method, damping=0.0, loss="mse", **option
         losses.check_ce(model, method, rho)
     d = compiled_direction(model, method, rho, loss)(params, x, y)
     if not all(bool(jnp.all(jnp.isfinite(b))) for b in d):
+        check_overflow(model, params, x)
         label = method.name if loss == "mse" else method
         raise ValueError(f"{label}: the kernel-space system is singular at damping={rho} (inputs and params are "
                          "finite) and has no pseudo-inverse solution here; use damping > 0")

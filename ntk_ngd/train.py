@@ -5,13 +5,12 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import checks, losses
 from .curvature import get_method
 from .dynamics import empirical_source, optimal_lr, preconditioned_kernel
 from .layers import factors, from_params, to_params
-from .ngd import check_damping, check_data, direction_fn
+from .ngd import check_damping, check_data, check_loss, check_overflow, direction_fn
 
 
 class TrainResult(NamedTuple):
@@ -30,6 +29,9 @@ def split_data(data):
     """(x_train, y_train, x_test, y_test) from a Dataset-like object or a tuple (x, y[, x', y'])."""
     if hasattr(data, "x_train"):
         return data.x_train, data.y_train, getattr(data, "x_test", None), getattr(data, "y_test", None)
+    if not isinstance(data, (tuple, list)):
+        raise ValueError(f"data must be a Dataset (x_train, y_train[, x_test, y_test]) or a tuple (x, y[, x', y']), "
+                         f"got {type(data).__name__}")
     data = tuple(data)
     if len(data) == 2:
         return data[0], data[1], None, None
@@ -67,16 +69,15 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
     homogeneous of degree d converges geometrically with lr_power = 1 - d (THEORY section 9,
     ``diagnostics.schedule_power``)."""
     rho = check_damping(damping)
-    model.check_params(params)
+    check_loss(loss)
+    checks.model(model).check_params(params)
     x, y, xt, yt = split_data(data)
     dtype = checks.float_dtype(params)
     x, y = check_data(model, x, y, dtype)
     if xt is not None:
         if yt is None:
-            raise ValueError("data has x_test but no y_test")
-        if np.shape(xt)[0] == 0:
-            raise ValueError("x_test has no rows: give no test set (x_test = y_test = None) instead")
-        xt, yt = check_data(model, xt, yt, dtype, ("x_test", "y_test"))
+            raise ValueError("data has x_test but no y_test: give both or neither")
+        xt, yt = check_data(model, xt, yt, dtype, ("x_test", "y_test"))  # no rows: "pass None for no test set"
     steps = checks.count(steps, "steps", 0)
     if loss == "mse":
         method = get_method(method, **options)
@@ -122,6 +123,7 @@ def train(model, params, data, method, lr="optimal", steps=10, damping=0.0, loss
     final, ft, fx = run(from_params(params))
     label = method.name if loss == "mse" else str(method)
     if not bool(jnp.all(jnp.isfinite(ft))):
+        check_overflow(model, params, x)  # kernels that overflow at init are not a divergence
         hint = ("; unit-wise NGD at rho = 0 inverts per-unit kernels that are singular or nearly so at finite "
                 "width: use a small damping rho << 1/M (e.g. --damping 1e-6 --damping-scale per_width)"
                 if label == "unit_wise" and rho == 0 else "; try damping > 0 or a smaller lr")

@@ -68,8 +68,12 @@ class ResidualMap(NamedTuple):
 
 def _shaped(fn, n, c):
     """Wrap fn: (N, C) -> (N', C) so that it also takes and returns flat (N C,) vectors."""
+    from .. import checks
+
     def wrapped(r):
-        r = jnp.asarray(r)
+        r = checks.array(r, "r")
+        if r.shape not in ((n, c), (n * c,)):
+            raise ValueError(f"r (the residual) must have shape (N, C) = {(n, c)} or (N C,) = ({n * c},), got {r.shape}")
         flat = r.ndim == 1
         out = fn(r.reshape(n, c))
         return out.reshape(-1) if flat else out
@@ -77,6 +81,10 @@ def _shaped(fn, n, c):
 
 
 # ----------------------------------------------------------------------------- option validation
+# lower bounds of integer options, by name, wherever a method has them (None stays allowed where typed Optional)
+OPTION_MINIMUM = {"samples": 1, "chunk": 1, "hold": 1}
+
+
 def _check_option(method: str, name: str, hint, value):
     """Raise a ValueError naming the option when ``value`` does not have the field's type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -96,6 +104,8 @@ def _check_option(method: str, name: str, hint, value):
           str: lambda v: isinstance(v, str)}.get(hint)
     if ok is not None and not ok(value):
         raise ValueError(f"{method}: option {name} must be {hint.__name__}, got {value!r}")
+    if hint is int and name in OPTION_MINIMUM and value < OPTION_MINIMUM[name]:
+        raise ValueError(f"{method}: option {name} must be an integer >= {OPTION_MINIMUM[name]}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +192,11 @@ class AbstractMethod(abc.ABC):
     @abc.abstractmethod
     def check(self, model, n: int, rho: float) -> None:
         """Raise ValueError where the method's stated conditions fail (unless force=True)."""
+
+    def isotropy_for(self, model) -> Optional[str]:
+        """What theory claims for this model: "finite", "wide" or None (the class's ``isotropy`` by
+        default; a method whose claim depends on the network, e.g. on the activation, overrides it)."""
+        return type(self).isotropy
 
     @abc.abstractmethod
     def alpha(self, model, n: int, convention: Optional[str] = None) -> Optional[float]:
